@@ -1,0 +1,578 @@
+"""FocalNet: Focal Modulation Networks (Yang et al., NeurIPS 2022, arXiv 2203.11926).
+
+One implementation for the isotropic models (one stage, patch 16) and the hierarchical ones (four stages that
+halve the resolution and double the width). Tokens stay channels-last, `[B, H, W, C]`, from the stem to the
+head, so every dense layer is a `nn.Linear` over tokens and no layout permute costs a copy; the depthwise
+convolutions see the same memory as an NCHW tensor in `channels_last` format.
+
+Parameter names follow the official release (`patch_embed`, `layers.i.blocks.j.modulation.f`,
+`layers.i.downsample` at the end of stage i, `gamma_1`, `modulation.ln`, `head`), so official checkpoints load
+as they are; `convert_state_dict` maps timm's names and 1x1-conv weights onto them.
+
+Weight init for training from scratch follows the official code: truncated normal (std 0.02) on every Linear,
+LayerNorm to ones/zeros, and PyTorch's default for the convolutions. timm's choice (truncated normal on the
+convolutions too) is `weight_init="timm"`; with std 0.02 on a 3x3 depthwise kernel each focal level shrinks its
+input about tenfold, so the deeper levels start out nearly silent.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FocalNet", "create_model", "list_models", "load_pretrained", "convert_state_dict"]
+
+GATE_ACTS = ("none", "sigmoid")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the whole residual branch per sample."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep.div_(1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class FocalModulation(nn.Module):
+    """The token mixer: q * h(sum_l gate_l * ctx_l + gate_L * global context), then a projection.
+
+    Levels are stacked: level l applies a depthwise conv of size `focal_factor * l + focal_window` and a GELU to
+    the output of level l-1, so the receptive field grows with every level. The global context is GELU of the
+    spatial mean of the last level (of the projected context itself when focal_level=0). Gates are the raw outputs
+    of `f` (gate_act="none", the paper's code) or passed through a sigmoid (gate_act="sigmoid", the design card).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        focal_level: int = 2,
+        focal_window: int = 3,
+        focal_factor: int = 2,
+        bias: bool = True,
+        proj_drop: float = 0.0,
+        use_postln_in_modulation: bool = False,
+        normalize_modulator: bool = False,
+        use_global_context: bool = True,
+        gate_act: str = "none",
+    ):
+        super().__init__()
+        self.dim = dim
+        self.focal_level = focal_level
+        self.use_global_context = use_global_context
+        self.num_gates = focal_level + int(use_global_context)
+        self.normalize_modulator = normalize_modulator
+        self.gate_act = gate_act
+        self.kernel_sizes = [focal_factor * k + focal_window for k in range(focal_level)]
+
+        self.f = nn.Linear(dim, 2 * dim + self.num_gates, bias=bias)
+        self.focal_layers = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim, bias=False), nn.GELU())
+            for k in self.kernel_sizes
+        )
+        self.h = nn.Linear(dim, dim, bias=bias)
+        self.ln = nn.LayerNorm(dim) if use_postln_in_modulation else None
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        # Analysis only: when set, forward keeps `gates` and `modulator` (both [B, H, W, *]) on the module.
+        self.store_modulator = False
+        self.gates: torch.Tensor | None = None
+        self.modulator: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        C = self.dim
+        q, ctx, gates = self.f(x).split([C, C, self.num_gates], dim=-1)
+        if self.gate_act == "sigmoid":
+            gates = gates.sigmoid()
+        # [B, C, H, W] views of channels-last memory: the convs take them without a layout change.
+        ctx = ctx.permute(0, 3, 1, 2)
+        g = gates.permute(0, 3, 1, 2)
+        ctx_all = None
+        for level, layer in enumerate(self.focal_layers):
+            ctx = layer(ctx)
+            ctx_all = ctx * g[:, level : level + 1] if ctx_all is None else torch.addcmul(ctx_all, ctx, g[:, level : level + 1])
+        if self.use_global_context:
+            ctx_global = F.gelu(ctx.mean((2, 3), keepdim=True))
+            gate = g[:, self.focal_level :]
+            ctx_all = ctx_global * gate if ctx_all is None else torch.addcmul(ctx_all, ctx_global, gate)
+        if self.normalize_modulator:
+            ctx_all = ctx_all / self.num_gates
+        modulator = self.h(ctx_all.permute(0, 2, 3, 1))
+        if self.store_modulator:
+            self.gates, self.modulator = gates, modulator
+        out = q * modulator
+        if self.ln is not None:
+            out = self.ln(out)
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, kernel_sizes={self.kernel_sizes}, global_context={self.use_global_context}, gate_act={self.gate_act}"
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class FocalNetBlock(nn.Module):
+    """x + DP(g1 * FM(LN(x))), then x + DP(g2 * MLP(LN(x))); with post-norm the LayerNorms follow FM and MLP."""
+
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        use_layerscale: bool = False,
+        layerscale_value: float = 1e-4,
+        use_postln: bool = False,
+        **modulation,
+    ):
+        super().__init__()
+        self.use_postln = use_postln
+        self.norm1 = nn.LayerNorm(dim)
+        self.modulation = FocalModulation(dim, proj_drop=drop, **modulation)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path)
+        if use_layerscale:
+            self.gamma_1 = nn.Parameter(torch.full((dim,), float(layerscale_value)))
+            self.gamma_2 = nn.Parameter(torch.full((dim,), float(layerscale_value)))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+
+    def _residual(self, x: torch.Tensor, y: torch.Tensor, gamma: torch.Tensor | None) -> torch.Tensor:
+        if gamma is not None:
+            if self.drop_path.p == 0.0 or not self.training:
+                return torch.addcmul(x, y, gamma)
+            y = y * gamma
+        return x + self.drop_path(y)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.use_postln:
+            x = self._residual(x, self.norm1(self.modulation(x)), self.gamma_1)
+            return self._residual(x, self.norm2(self.mlp(x)), self.gamma_2)
+        x = self._residual(x, self.modulation(self.norm1(x)), self.gamma_1)
+        return self._residual(x, self.mlp(self.norm2(x)), self.gamma_2)
+
+
+class PatchEmbed(nn.Module):
+    """Strided conv + LayerNorm, NHWC out. `overlapped` uses k7 s4 p2 for the stem and k3 s2 p1 between stages."""
+
+    def __init__(self, in_dim: int, out_dim: int, patch_size: int, overlapped: bool = False, nhwc_in: bool = True):
+        super().__init__()
+        self.nhwc_in = nhwc_in
+        kernel, padding = patch_size, 0
+        if overlapped:
+            kernel, padding = {4: (7, 2), 2: (3, 1)}.get(patch_size, (patch_size + 1 + patch_size % 2, (patch_size + 1) // 2))
+        self.proj = nn.Conv2d(in_dim, out_dim, kernel, stride=patch_size, padding=padding)
+        self.norm = nn.LayerNorm(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.nhwc_in:
+            x = x.permute(0, 3, 1, 2)
+        else:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class FocalNetStage(nn.Module):
+    def __init__(self, dim: int, depth: int, out_dim: int | None, downsample_overlapped: bool, drop_path: Sequence[float], **block):
+        super().__init__()
+        self.blocks = nn.ModuleList(FocalNetBlock(dim, drop_path=dp, **block) for dp in drop_path[:depth])
+        self.downsample = PatchEmbed(dim, out_dim, 2, downsample_overlapped) if out_dim else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            x = blk(x)
+        return x
+
+
+def _per_stage(name: str, value, stages: int) -> list:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value] * stages
+    value = list(value)
+    if len(value) != stages:
+        raise ValueError(f"{name}={value} has {len(value)} entries but the model has {stages} stages")
+    return value
+
+
+class FocalNet(nn.Module):
+    """FocalNet backbone + optional linear head.
+
+    Args:
+        image_size: input size the model is built for (checked against the total stride; any multiple works).
+        patch_size: stem stride (16 for isotropic models, 4 for hierarchical ones).
+        in_channels: image channels.
+        num_classes: classes of the linear head; None (or 0) returns pooled features `[B, num_features]`.
+        embed_dim: width; an int doubles per stage (hierarchical), a list sets each stage.
+        depths: blocks per stage; one stage is the isotropic model.
+        mlp_ratio: MLP hidden width / width.
+        drop_rate: dropout after the MLP and the modulation projection.
+        drop_path_rate: stochastic depth, linear from 0 to this over all blocks.
+        focal_levels: L, the number of stacked depthwise-conv levels (int for all stages, or a list per stage).
+            0 keeps only the global context: the modulator is h(GELU(mean(ctx)) * gate), one vector per image.
+        focal_kernel: the first level's kernel; level l uses `focal_factor * l + focal_kernel` (int or list).
+        focal_factor: kernel growth per level (even, so every kernel stays odd).
+        use_layerscale / layerscale_value: learnable per-channel residual scales, initialised to the value.
+        use_postln: LayerNorm after the modulation and the MLP instead of before.
+        use_postln_in_modulation: LayerNorm on q * modulator before the projection.
+        normalize_modulator: divide the gated context sum by the number of gates.
+        use_conv_embed: overlapped (convolutional) patch embedding in the stem and downsampling layers.
+        use_global_context: add the gated global (mean-pooled) context level.
+        gate_act: "none" (raw gates, the paper's code) or "sigmoid" (the design card's sketch).
+        weight_init: "official" (convs keep PyTorch's default) or "timm" (trunc-normal 0.02 on convs too).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 4,
+        in_channels: int = 3,
+        num_classes: int | None = 1000,
+        embed_dim: int | Sequence[int] = 96,
+        depths: Sequence[int] = (2, 2, 6, 2),
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        focal_levels: int | Sequence[int] = 2,
+        focal_kernel: int | Sequence[int] = 3,
+        focal_factor: int = 2,
+        use_layerscale: bool = False,
+        layerscale_value: float = 1e-4,
+        use_postln: bool = False,
+        use_postln_in_modulation: bool = False,
+        normalize_modulator: bool = False,
+        use_conv_embed: bool = False,
+        use_global_context: bool = True,
+        gate_act: str = "none",
+        weight_init: str = "official",
+    ):
+        super().__init__()
+        depths = [int(d) for d in _per_stage("depths", depths, 1)] if isinstance(depths, int) else list(depths)
+        stages = len(depths)
+        if stages == 0 or any(d < 1 for d in depths):
+            raise ValueError(f"depths={depths} must be a non-empty list of positive block counts")
+        if isinstance(embed_dim, int):
+            dims = [embed_dim * 2**i for i in range(stages)]
+        else:
+            dims = _per_stage("embed_dim", embed_dim, stages)
+        levels = _per_stage("focal_levels", focal_levels, stages)
+        kernels = _per_stage("focal_kernel", focal_kernel, stages)
+        for lv in levels:
+            if not isinstance(lv, int) or lv < 0:
+                raise ValueError(f"focal_levels={lv} must be an integer >= 0")
+            if lv == 0 and not use_global_context:
+                raise ValueError("focal_levels=0 with use_global_context=False leaves no context to modulate with")
+        for k in kernels:
+            if not isinstance(k, int) or k < 1 or k % 2 == 0:
+                raise ValueError(f"focal_kernel={k} must be an odd integer >= 1")
+        if not isinstance(focal_factor, int) or focal_factor < 0 or focal_factor % 2:
+            raise ValueError(f"focal_factor={focal_factor} must be an even integer >= 0 (kernels must stay odd)")
+        if patch_size < 1:
+            raise ValueError(f"patch_size={patch_size} must be >= 1")
+        stride = patch_size * 2 ** (stages - 1)
+        if image_size % stride:
+            what = f"patch_size={patch_size}" if stages == 1 else f"the total stride {stride} (patch_size={patch_size} x 2^{stages - 1})"
+            raise ValueError(f"image_size={image_size} is not divisible by {what}")
+        if gate_act not in GATE_ACTS:
+            raise ValueError(f"gate_act={gate_act!r} is not one of {GATE_ACTS}")
+        if weight_init not in ("official", "timm"):
+            raise ValueError(f"weight_init={weight_init!r} is not one of ('official', 'timm')")
+        if not 0.0 <= drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1)")
+
+        self.image_size = image_size
+        self.num_classes = num_classes or 0
+        self.embed_dim = dims
+        self.num_features = dims[-1]
+        self.patch_embed = PatchEmbed(in_channels, dims[0], patch_size, use_conv_embed, nhwc_in=False)
+        self.pos_drop = nn.Dropout(drop_rate)
+        n = sum(depths)
+        dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
+        self.layers = nn.ModuleList()
+        for i in range(stages):
+            self.layers.append(
+                FocalNetStage(
+                    dims[i],
+                    depths[i],
+                    out_dim=dims[i + 1] if i < stages - 1 else None,
+                    downsample_overlapped=use_conv_embed,
+                    drop_path=dpr[sum(depths[:i]) :],
+                    mlp_ratio=mlp_ratio,
+                    drop=drop_rate,
+                    use_layerscale=use_layerscale,
+                    layerscale_value=layerscale_value,
+                    use_postln=use_postln,
+                    focal_level=levels[i],
+                    focal_window=kernels[i],
+                    focal_factor=focal_factor,
+                    use_postln_in_modulation=use_postln_in_modulation,
+                    normalize_modulator=normalize_modulator,
+                    use_global_context=use_global_context,
+                    gate_act=gate_act,
+                )
+            )
+        self.norm = nn.LayerNorm(self.num_features)
+        self.head = nn.Linear(self.num_features, self.num_classes) if self.num_classes else nn.Identity()
+        self.apply(lambda m: _init_weights(m, weight_init))
+
+    # The design card's builder: the isotropic model with the card's names.
+    @classmethod
+    def build(
+        cls,
+        image_size: int = 224,
+        patch_size: int = 16,
+        in_channels: int = 3,
+        hidden_size: int = 256,
+        num_layers: int = 4,
+        focal_levels: int = 3,
+        focal_kernel: int = 3,
+        num_classes: int | None = None,
+        **more,
+    ) -> FocalNet:
+        """The design card's isotropic FocalNet.
+
+        Args:
+            image_size: input height and width; must be divisible by patch_size.
+            patch_size: side of the square, non-overlapping patches of the embedding.
+            in_channels: channels of the input image.
+            hidden_size: token width of every block.
+            num_layers: number of focal-modulation blocks.
+            focal_levels: stacked depthwise-conv levels per block (0 = global context only).
+            focal_kernel: kernel of the first level; level l uses 2*l + focal_kernel.
+            num_classes: None returns [batch, hidden_size] features; an int adds a linear head, [batch, num_classes].
+            **more: any other FocalNet argument (mlp_ratio, drop_path_rate, gate_act, use_global_context,
+                normalize_modulator, use_layerscale, layerscale_value, use_postln, use_postln_in_modulation,
+                use_conv_embed, focal_factor, drop_rate, weight_init). drop_path_rate defaults to 0 here.
+        """
+        more.setdefault("drop_path_rate", 0.0)
+        return cls(
+            image_size=image_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            num_classes=num_classes,
+            embed_dim=[hidden_size],
+            depths=[num_layers],
+            focal_levels=focal_levels,
+            focal_kernel=focal_kernel,
+            **more,
+        )
+
+    @staticmethod
+    def output_size(num_classes: int | None = None, hidden_size: int = 256, **_) -> int:
+        """Width of `build(**opts)`'s output: num_classes if set, else hidden_size."""
+        return num_classes if num_classes else hidden_size
+
+    def set_store_modulator(self, enabled: bool = True) -> FocalNet:
+        """Keep every block's `modulation.gates` and `modulation.modulator` after each forward (analysis)."""
+        for m in self.modules():
+            if isinstance(m, FocalModulation):
+                m.store_modulator = enabled
+                if not enabled:
+                    m.gates = m.modulator = None
+        return self
+
+    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps at the end of every stage (before its downsampling), NCHW, for dense-prediction heads."""
+        x = self.pos_drop(self.patch_embed(x))
+        feats = []
+        for stage in self.layers:
+            x = stage(x)
+            feats.append(x.permute(0, 3, 1, 2))
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        return feats
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final normed tokens, [B, H, W, C]."""
+        x = self.pos_drop(self.patch_embed(x))
+        for stage in self.layers:
+            x = stage(x)
+            if stage.downsample is not None:
+                x = stage.downsample(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean((1, 2))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        if num_classes:
+            _init_weights(self.head, "official")
+
+
+def _init_weights(m: nn.Module, scheme: str) -> None:
+    if isinstance(m, nn.Linear) or (scheme == "timm" and isinstance(m, nn.Conv2d)):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Registry: the released models and the card's default. Values are FocalNet arguments.
+
+_HIER = dict(patch_size=4, focal_kernel=3)
+_LARGE = dict(_HIER, depths=(2, 2, 18, 2), use_conv_embed=True, use_postln=True, use_layerscale=True)
+_ISO = dict(patch_size=16, depths=(12,), focal_levels=3, focal_kernel=3)
+
+MODEL_CONFIGS: dict[str, dict] = {
+    "focalnet_tiny_srf": dict(_HIER, depths=(2, 2, 6, 2), embed_dim=96, focal_levels=2, drop_path_rate=0.2),
+    "focalnet_tiny_lrf": dict(_HIER, depths=(2, 2, 6, 2), embed_dim=96, focal_levels=3, drop_path_rate=0.2),
+    "focalnet_small_srf": dict(_HIER, depths=(2, 2, 18, 2), embed_dim=96, focal_levels=2, drop_path_rate=0.3),
+    "focalnet_small_lrf": dict(_HIER, depths=(2, 2, 18, 2), embed_dim=96, focal_levels=3, drop_path_rate=0.3),
+    "focalnet_base_srf": dict(_HIER, depths=(2, 2, 18, 2), embed_dim=128, focal_levels=2, drop_path_rate=0.5),
+    "focalnet_base_lrf": dict(_HIER, depths=(2, 2, 18, 2), embed_dim=128, focal_levels=3, drop_path_rate=0.5),
+    "focalnet_tiny_iso": dict(_ISO, embed_dim=[192], drop_path_rate=0.2),
+    "focalnet_small_iso": dict(_ISO, embed_dim=[384], drop_path_rate=0.2),
+    "focalnet_base_iso": dict(_ISO, embed_dim=[768], use_layerscale=True, use_postln=True, drop_path_rate=0.3),
+    "focalnet_large_fl3": dict(_LARGE, embed_dim=192, focal_levels=3, focal_kernel=5),
+    # The official fl4 configs set normalize_modulator; timm's large/xlarge_fl4 leave it out.
+    "focalnet_large_fl4": dict(_LARGE, embed_dim=192, focal_levels=4, normalize_modulator=True),
+    "focalnet_xlarge_fl3": dict(_LARGE, embed_dim=256, focal_levels=3, focal_kernel=5),
+    "focalnet_xlarge_fl4": dict(_LARGE, embed_dim=256, focal_levels=4, normalize_modulator=True),
+    "focalnet_huge_fl3": dict(_LARGE, embed_dim=352, focal_levels=3, use_postln_in_modulation=True),
+    "focalnet_huge_fl4": dict(_LARGE, embed_dim=352, focal_levels=4, use_postln_in_modulation=True),
+    # The design card's default: FocalNet.build() as it stands.
+    "focalnet_card": dict(patch_size=16, embed_dim=[256], depths=(4,), focal_levels=3, focal_kernel=3, drop_path_rate=0.0),
+}
+
+
+def list_models() -> list[str]:
+    return sorted(MODEL_CONFIGS)
+
+
+def create_model(name: str, num_classes: int | None = 1000, pretrained: str | None = None, **overrides) -> FocalNet:
+    """Build a registered FocalNet; `overrides` replace any FocalNet argument; `pretrained` loads weights.
+
+    The card's names are accepted too: hidden_size -> embed_dim, num_layers -> depths, in_channels as is.
+    """
+    if name not in MODEL_CONFIGS:
+        close = difflib.get_close_matches(name, MODEL_CONFIGS, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(list_models())}"
+        raise ValueError(f"unknown model name={name!r}{hint}")
+    kwargs = dict(MODEL_CONFIGS[name])
+    if "hidden_size" in overrides:
+        kwargs["embed_dim"] = [overrides.pop("hidden_size")] if len(kwargs["depths"]) == 1 else overrides.pop("hidden_size")
+    if "num_layers" in overrides:
+        layers = overrides.pop("num_layers")
+        kwargs["depths"] = [layers] if isinstance(layers, int) else layers
+    kwargs.update(overrides)
+    model = FocalNet(num_classes=num_classes, **kwargs)
+    if pretrained:
+        load_pretrained(model, pretrained)
+    return model
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoints: official release (.pth with "model"), timm (.pth / .safetensors / hub id), Lightning, DDP prefixes.
+
+def convert_state_dict(state: dict[str, torch.Tensor], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Map official or timm FocalNet keys (and Lightning `model.` / DDP `module.` prefixes) onto this model's names."""
+    for prefix in ("module.", "model."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix) :]: v for k, v in state.items()}
+    timm_format = any(k.startswith("stem.") for k in state)
+    target = model.state_dict() if model is not None else {}
+    out = {}
+    for k, v in state.items():
+        if timm_format:
+            k = k.replace("stem.", "patch_embed.", 1) if k.startswith("stem.") else k
+            k = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) - 1}.downsample", k)
+            k = re.sub(r"\.norm([12])_post\.", r".norm\1.", k)
+            k = re.sub(r"\.ls([12])\.gamma$", r".gamma_\1", k)
+            k = k.replace("modulation.norm.", "modulation.ln.")
+            k = k.replace("head.fc.", "head.")
+        # 1x1 convs (timm's f/h/proj/fc1/fc2, the official h) are our Linear layers.
+        if v.ndim == 4 and v.shape[2:] == (1, 1) and (k not in target or target[k].ndim == 2):
+            v = v.flatten(1)
+        out[k] = v
+    return out
+
+
+def _read_state_dict(source: str) -> dict[str, torch.Tensor]:
+    path = Path(source).expanduser()
+    if not path.exists():
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith((".", "/")):
+            path = _download_from_hub(source)
+        else:
+            raise FileNotFoundError(f"pretrained={source}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict", "model_ema"):
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            return ckpt[key]
+    return ckpt
+
+
+def _download_from_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as e:
+        raise RuntimeError(f"pretrained={repo_id} is a hub id but huggingface_hub is not installed (pip install focalnet[hub])") from e
+    try:
+        return Path(hf_hub_download(repo_id, "model.safetensors"))
+    except Exception as e:  # offline, unknown repo, no network: one line that says which
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RuntimeError(
+            f"pretrained={repo_id}: could not fetch it from the Hugging Face hub (offline? {type(e).__name__}: {reason[:160]}); "
+            "pass a local .pth/.safetensors file instead"
+        ) from None
+
+
+def load_pretrained(model: FocalNet, source: str | dict) -> FocalNet:
+    """Load official/timm weights into `model`; a head with another class count is dropped and re-initialised."""
+    state = convert_state_dict(_read_state_dict(source) if isinstance(source, (str, Path)) else source, model)
+    own = model.state_dict()
+    head_keys = [k for k in ("head.weight", "head.bias") if k in state]
+    if head_keys and ("head.weight" not in own or own["head.weight"].shape != state["head.weight"].shape):
+        got = state["head.weight"].shape[0]
+        warnings.warn(f"pretrained head has {got} classes, the model {model.num_classes}: head re-initialised", stacklevel=2)
+        for k in head_keys:
+            del state[k]
+        own_head = {k for k in own if k.startswith("head.")}
+    else:
+        own_head = set()
+    for k, v in state.items():
+        if k in own and own[k].shape != v.shape:
+            raise ValueError(f"checkpoint key {k} has shape {tuple(v.shape)} but the model expects {tuple(own[k].shape)}")
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in state and k not in own_head]
+    if unexpected or missing:
+        first = f"unexpected key {unexpected[0]}" if unexpected else f"missing key {missing[0]}"
+        raise ValueError(f"checkpoint does not fit the model: {first} ({len(unexpected)} unexpected, {len(missing)} missing)")
+    model.load_state_dict(state, strict=not own_head)
+    return model

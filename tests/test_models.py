@@ -1,0 +1,225 @@
+import re
+import warnings
+
+import pytest
+import torch
+
+import focalnet
+from focalnet import FocalNet, create_model, list_models, model_stats
+
+RELEASED = [
+    f"focalnet_{s}_{r}" for s in ("tiny", "small", "base") for r in ("srf", "lrf")
+] + [f"focalnet_{s}_iso" for s in ("tiny", "small", "base")] + [
+    f"focalnet_{s}_fl{l}" for s in ("large", "xlarge", "huge") for l in (3, 4)
+]
+
+
+def test_registry_holds_every_released_model_and_the_card():
+    assert set(RELEASED) | {"focalnet_card"} <= set(list_models())
+
+
+@pytest.mark.parametrize("name", sorted(set(RELEASED) | {"focalnet_card"}))
+def test_every_registered_model_gives_logits_and_features(name):
+    # The meta device runs shape inference only, so even the 700M-parameter models cost nothing.
+    with torch.device("meta"):
+        model = create_model(name, num_classes=7)
+        assert model(torch.empty(2, 3, 64, 64)).shape == (2, 7)
+        feats = create_model(name, num_classes=None)(torch.empty(2, 3, 64, 64))
+    assert feats.shape == (2, model.num_features)
+
+
+def test_small_models_run_for_real():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for name in ("focalnet_tiny_srf", "focalnet_tiny_iso", "focalnet_card"):
+        y = create_model(name, num_classes=5, image_size=32)(x)
+        assert y.shape == (2, 5) and torch.isfinite(y).all()
+
+
+def test_card_builder_with_and_without_head():
+    x = torch.randn(3, 3, 224, 224)
+    feats = FocalNet.build()
+    assert feats(x).shape == (3, 256)
+    assert FocalNet.output_size() == 256
+    logits = FocalNet.build(num_classes=10)
+    assert logits(x).shape == (3, 10)
+    assert FocalNet.output_size(num_classes=10) == 10
+    small = dict(image_size=32, patch_size=4, in_channels=1, hidden_size=48, num_layers=2, focal_levels=2, focal_kernel=5)
+    assert FocalNet.build(**small)(torch.randn(2, 1, 32, 32)).shape == (2, FocalNet.output_size(**small)) == (2, 48)
+    m = FocalNet.build(**small, num_classes=4)
+    assert m.layers[0].blocks[0].modulation.kernel_sizes == [5, 7]
+    assert len(m.layers) == 1 and len(m.layers[0].blocks) == 2
+
+
+# Official README: params (M) and GMACs at 224 px with a 1000-class head.
+TABLE = {
+    "focalnet_tiny_srf": (28.4, 4.4),
+    "focalnet_tiny_lrf": (28.6, 4.5),
+    "focalnet_small_srf": (49.9, 8.6),
+    "focalnet_base_lrf": (88.7, 15.4),
+    "focalnet_tiny_iso": (5.9, 1.1),
+    "focalnet_small_iso": (22.4, 4.3),
+    "focalnet_base_iso": (87.2, 16.9),
+}
+
+
+@pytest.mark.parametrize("name", TABLE)
+def test_params_and_flops_match_the_official_table(name):
+    with torch.device("meta"):
+        stats = model_stats(create_model(name, num_classes=1000), 224)
+    params, gmacs = TABLE[name]
+    assert stats["params"] / 1e6 == pytest.approx(params, rel=0.02)
+    assert stats["flops"] / 1e9 == pytest.approx(gmacs, rel=0.02)
+
+
+def _official_state(model):
+    """Our names are the official ones; the official `h` is a 1x1 conv."""
+    return {k: (v[..., None, None] if k.endswith("modulation.h.weight") else v) for k, v in model.state_dict().items()}
+
+
+def _timm_state(model):
+    """timm's names and layouts, written out by hand from timm's focalnet.py."""
+    out = {}
+    for k, v in model.state_dict().items():
+        if re.search(r"modulation\.(f|h|proj)\.weight$|mlp\.fc[12]\.weight$", k):
+            v = v[..., None, None]
+        k = re.sub(r"^patch_embed\.", "stem.", k)
+        k = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", k)
+        if model.layers[0].blocks[0].use_postln:
+            k = re.sub(r"\.norm([12])\.", r".norm\1_post.", k)
+        k = re.sub(r"\.gamma_([12])$", r".ls\1.gamma", k)
+        k = k.replace("modulation.ln.", "modulation.norm.").replace("head.", "head.fc.")
+        out[k] = v
+    return out
+
+
+SMALL = dict(embed_dim=16, depths=(1, 1, 2, 1), image_size=64)
+
+
+@pytest.mark.parametrize("name", ["focalnet_tiny_lrf", "focalnet_huge_fl4", "focalnet_base_iso"])
+@pytest.mark.parametrize("fmt", ["official", "timm"])
+def test_checkpoints_in_both_formats_load_and_give_the_same_logits(tmp_path, name, fmt):
+    torch.manual_seed(0)
+    kw = dict(SMALL) if "iso" not in name else dict(embed_dim=[32], depths=(2,), image_size=64)
+    src = create_model(name, num_classes=10, **kw).eval()
+    state = _official_state(src) if fmt == "official" else _timm_state(src)
+    if fmt == "timm":
+        assert "stem.proj.weight" in state and "head.fc.weight" in state
+        assert any(".ls1.gamma" in k for k in state) == (src.layers[0].blocks[0].gamma_1 is not None)
+        path = tmp_path / "w.safetensors"
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        path = tmp_path / "w.pth"
+        torch.save({"model": state, "epoch": 3}, path)
+    dst = create_model(name, num_classes=10, pretrained=str(path), **kw).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+
+
+def test_head_of_another_size_is_dropped_with_a_warning(tmp_path):
+    src = create_model("focalnet_tiny_srf", num_classes=21842, **SMALL)
+    path = tmp_path / "in22k.pth"
+    torch.save(src.state_dict(), path)
+    with pytest.warns(UserWarning, match="21842 classes.*re-initialised"):
+        dst = create_model("focalnet_tiny_srf", num_classes=10, pretrained=str(path), **SMALL)
+    assert dst.head.weight.shape == (10, dst.num_features)
+    torch.testing.assert_close(dst.layers[2].blocks[1].modulation.f.weight, src.layers[2].blocks[1].modulation.f.weight)
+
+
+def test_checkpoint_of_another_model_names_the_first_bad_key(tmp_path):
+    path = tmp_path / "w.pth"
+    torch.save(create_model("focalnet_tiny_srf", num_classes=10, **SMALL).state_dict(), path)
+    with pytest.raises(ValueError, match=r"layers\.0\.blocks\.0\.modulation\.f\.weight has shape \(35, 16\).*\(36, 16\)"):
+        create_model("focalnet_tiny_lrf", num_classes=10, pretrained=str(path), **SMALL)
+
+
+def test_hub_id_offline_is_one_clear_line(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError) as err:
+        create_model("focalnet_tiny_srf", num_classes=10, pretrained="timm/focalnet_tiny_srf.ms_in1k", **SMALL)
+    msg = str(err.value)
+    assert "\n" not in msg and "timm/focalnet_tiny_srf.ms_in1k" in msg and "Hugging Face hub" in msg
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    model = create_model("focalnet_huge_fl4", num_classes=5, drop_path_rate=0.1, **SMALL)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    dead = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not dead
+
+
+def test_modulator_and_gates_on_request_and_stage_features():
+    model = create_model("focalnet_tiny_lrf", num_classes=5, **SMALL).eval()
+    mod = model.layers[1].blocks[0].modulation
+    x = torch.randn(2, 3, 64, 64)
+    model(x)
+    assert mod.modulator is None and mod.gates is None  # nothing kept unless asked
+    model.set_store_modulator(True)
+    model(x)
+    assert mod.modulator.shape == (2, 8, 8, 32) and mod.gates.shape == (2, 8, 8, 4)  # 3 levels + global
+    feats = model.forward_intermediates(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 16, 16, 16), (2, 32, 8, 8), (2, 64, 4, 4), (2, 128, 2, 2)]
+    torch.testing.assert_close(model.forward_features(x).permute(0, 3, 1, 2), model.norm(feats[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+
+
+def test_ablation_knobs_change_the_function_and_keep_shapes():
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 32, 32)
+    base = dict(image_size=32, patch_size=4, in_channels=1, hidden_size=32, num_layers=2, num_classes=3)
+    ref = FocalNet.build(**base).eval()
+    # Same parameters, other function: the output must move.
+    for knob in [dict(gate_act="sigmoid"), dict(normalize_modulator=True), dict(use_postln=True)]:
+        m = FocalNet.build(**base, **knob).eval()
+        m.load_state_dict(ref.state_dict())
+        assert not torch.allclose(m.forward_features(x), ref.forward_features(x), rtol=1e-3, atol=0), knob
+    for knob in [dict(use_global_context=False), dict(use_postln_in_modulation=True), dict(mlp_ratio=2.0),
+                 dict(use_layerscale=True, layerscale_value=0.5), dict(use_conv_embed=True), dict(focal_levels=0),
+                 dict(focal_factor=0), dict(weight_init="timm"), dict(drop_path_rate=0.2)]:
+        assert FocalNet.build(**base, **knob)(x).shape == (2, 3), knob
+    zero = FocalNet.build(**base, focal_levels=0)
+    assert zero.layers[0].blocks[0].modulation.f.out_features == 2 * 32 + 1  # only the global gate
+    assert FocalNet.build(**base, use_global_context=False).layers[0].blocks[0].modulation.f.out_features == 2 * 32 + 3
+
+
+def test_per_stage_lists():
+    m = create_model("focalnet_tiny_srf", focal_levels=[1, 2, 3, 4], focal_kernel=[3, 3, 5, 5], **SMALL)
+    assert [s.blocks[0].modulation.kernel_sizes for s in m.layers] == [[3], [3, 5], [5, 7, 9], [5, 7, 9, 11]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(image_size=30, patch_size=4), r"image_size=30 is not divisible by patch_size=4"),
+        (dict(focal_levels=-1), r"focal_levels=-1 must be an integer >= 0"),
+        (dict(focal_kernel=4), r"focal_kernel=4 must be an odd integer >= 1"),
+        (dict(focal_kernel=0), r"focal_kernel=0 must be an odd integer >= 1"),
+        (dict(gate_act="relu"), r"gate_act='relu' is not one of"),
+        (dict(focal_levels=0, use_global_context=False), r"focal_levels=0 with use_global_context=False"),
+        (dict(focal_factor=3), r"focal_factor=3 must be an even integer"),
+    ],
+)
+def test_card_builder_rejects_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FocalNet.build(**{"image_size": 32, "patch_size": 4, **kwargs})
+
+
+def test_hierarchical_bad_arguments():
+    with pytest.raises(ValueError, match=r"focal_levels=\[2, 2, 2\] has 3 entries but the model has 4 stages"):
+        create_model("focalnet_tiny_srf", focal_levels=[2, 2, 2])
+    with pytest.raises(ValueError, match=r"image_size=48 is not divisible by the total stride 32"):
+        create_model("focalnet_tiny_srf", image_size=48)
+    with pytest.raises(ValueError, match=r"unknown model name='focalnet_tiny_sfr'; did you mean focalnet_tiny_srf"):
+        create_model("focalnet_tiny_sfr")
+
+
+def test_public_api_is_importable_without_frameworks():
+    import sys
+
+    assert focalnet.FocalNet is FocalNet
+    src = open(focalnet.models.focalnet.__file__).read()
+    assert "lightning" not in src and "hydra" not in src
+    assert "focalnet.models.focalnet" in sys.modules
