@@ -1,0 +1,98 @@
+"""Shared base: DataLoaders plus the on-device transform (to float, resize, augment while training, normalise)."""
+
+from collections.abc import Sequence
+
+import kornia.augmentation as K
+import lightning as L
+import torch
+from kornia.geometry.transform import resize
+from torch.utils.data import DataLoader, Dataset
+
+from focalnet.data.augment import build_augment
+
+
+class VisionDataModule(L.LightningDataModule):
+    """Loaders yield (uint8 or float [B, C, H, W], int64 [B]); `on_after_batch_transfer` finishes the batch on the
+    device, so the CPU side stays a cheap tensor gather and the GPU does the per-pixel work."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        image_size: int,
+        batch_size: int,
+        num_workers: int,
+        pin_memory: bool,
+        augment,
+        seed: int,
+        root: str | None = None,
+    ) -> None:
+        super().__init__()
+        for key, value in (("image_size", image_size), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"data.{key}={value!r} must be a positive integer")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"data.num_workers={num_workers!r} must be an integer >= 0")
+        self.num_classes = num_classes
+        self.classes = [str(i) for i in range(num_classes)]  # names, where the dataset has them, after setup()
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.root = root
+        self.augmentation = build_augment(augment, image_size, in_channels)
+        self.normalize = K.Normalize(torch.tensor(self.mean), torch.tensor(self.std))
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    def transform_batch(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """uint8 [0, 255] or float [0, 1] images -> normalised float at image_size, augmented when `train`."""
+        images = images.float().div_(255) if images.dtype == torch.uint8 else images.float()
+        size = (self.image_size, self.image_size)
+        if tuple(images.shape[-2:]) != size:
+            images = resize(images, size, antialias=True)
+        if train and self.augmentation is not None:
+            images = self.augmentation(images)
+        return self.normalize(images)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, labels = batch
+        training = self.trainer is not None and self.trainer.training
+        return self.transform_batch(images, train=training), labels
+
+    def _loader(self, dataset: Dataset | None, train: bool = False) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for its dataloaders")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            # Shuffling follows data.seed alone, whatever else consumed the global RNG before.
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory and torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set)
+
+
+def check_fixed(key: str, value, expected, dataset: str) -> None:
+    """The yaml carries num_classes/in_channels for the model config; for a fixed dataset they must match it."""
+    if value != expected:
+        raise ValueError(f"data.{key}={value!r} but {dataset} has {expected}")
