@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 STUDY  ?= focal_levels
+SWEEP  ?=
 ARGS   ?=
 
 .DEFAULT_GOAL := help
@@ -30,11 +31,21 @@ test: $(STAMP)  ## run the test suite
 lint: $(STAMP)  ## ruff over the code and tests
 	$(BIN)/ruff check src tests
 
-sweep: $(STAMP)  ## a small grid sweep over the card's axes on digits, then its report
-	$(BIN)/focalnet-train -m model.focal_levels=1,2,3 model.focal_kernel=3,5 $(ARGS)
+# A sweep reports even when some of its jobs failed (their errors are rows of the table); make then fails.
+sweep: $(STAMP)  ## 12-job grid over the card's axes on digits, then its report (ARGS=more overrides)
+	@dir=outputs/sweep/$$(date +%Y-%m-%d_%H-%M-%S); \
+	$(BIN)/focalnet-train -m model.focal_levels=1,2,3 model.focal_kernel=3,5 model.num_layers=2,4 \
+		trainer.max_epochs=4 hydra.sweep.dir=$$dir $(ARGS); \
+	status=$$?; $(BIN)/focalnet-report $$dir && exit $$status
 
-ablation: $(STAMP)  ## run one paper ablation study on digits: make ablation STUDY=focal_levels
-	$(BIN)/focalnet-train -m experiment=study/$(STUDY) $(ARGS)
+ablation: $(STAMP)  ## run a paper ablation (experiments/<STUDY>/) and report into its folder: make ablation STUDY=depth
+	@test -f experiments/$(STUDY)/study.yaml || { echo "no study '$(STUDY)'; studies: $$(cd experiments && ls -d */ | tr -d /)"; exit 2; }
+	@dir=outputs/ablation/$(STUDY)/$$(date +%Y-%m-%d_%H-%M-%S); \
+	$(BIN)/focalnet-train -m --config-dir experiments/$(STUDY) --config-name study hydra.sweep.dir=$$dir $(ARGS); \
+	status=$$?; $(BIN)/focalnet-report $$dir --out experiments/$(STUDY) && exit $$status
+
+report: $(STAMP)  ## table and plots of a finished sweep: make report SWEEP=outputs/sweep/<time>
+	$(BIN)/focalnet-report $(SWEEP) $(ARGS)
 
 bench: $(STAMP)  ## training/inference throughput, FLOP/s and fraction of matmul peak
 	$(BIN)/focalnet-bench $(ARGS)

@@ -1,9 +1,10 @@
 """focalnet-report: turn a sweep folder (one summary.json per job) into a paper-style ablation table and plots.
 
-    focalnet-report multirun/2024-05-01/12-00-00 [--out DIR] [--wandb --wandb-project P --wandb-group G]
+    focalnet-report multirun/2024-05-01/12-00-00 [--out DIR] [--[no-]wandb --wandb-project P --wandb-group G]
 
-Writes results.csv (one row per job), results.md (one row per configuration: jobs grouped by their
-overrides minus ``seed``, test top-1 as mean ± std over seeds) and acc_vs_*.png.
+Writes results.csv (one row per job), results.md (one row per configuration: jobs grouped by the overrides that
+differ between them, minus ``seed``; test top-1 as mean ± std over seeds) and acc_vs_*.png. When the jobs logged
+to W&B (their summary.json says where), the table and plots go to one more run in the same project and group.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import statistics
 from pathlib import Path
 
 METRICS = ("test/acc_top1", "val/acc_top1")
-STATS = ("params", "flops", "train_images_per_s", "wall_time_s")
+STATS = ("params", "flops", "train_images_per_s", "wall_time_s", "time_to_first_step_s")
 
 
 def _normalize(value):
@@ -71,7 +72,8 @@ def collect(sweep_dir) -> list[dict]:
         metrics = s.get("metrics") or {}
         rows.append({"job_num": s.get("job_num"), "status": s.get("status", "missing"), "overrides": overrides,
                      "seed": s.get("seed", overrides.get("seed")), **{k: s.get(k) for k in STATS},
-                     **{k: metrics.get(k) for k in METRICS}, "error": s.get("error"), "run_dir": str(path.parent)})
+                     **{k: metrics.get(k) for k in METRICS}, "error": s.get("error"), "run_dir": str(path.parent),
+                     "wandb": s.get("wandb"), "argv": s.get("argv")})
     for hydra_dir in root.rglob(".hydra"):
         if hydra_dir.is_dir() and not (hydra_dir.parent / "summary.json").exists():
             rows.append(_missing_row(hydra_dir.parent, f"no summary.json in {hydra_dir.parent}"))
@@ -80,9 +82,18 @@ def collect(sweep_dir) -> list[dict]:
 
 
 def swept_keys(rows: list[dict]) -> list[str]:
-    """Override keys other than seed, in the order they first appear."""
+    """Override keys other than seed whose value differs between jobs, in the order they first appear.
+
+    The other overrides (e.g. trainer.max_epochs=4 given to the whole sweep) are the same for every job.
+    """
     keys = {k: None for r in rows for k in r["overrides"] if k != "seed"}
-    return list(keys)
+    return [k for k in keys if len({json.dumps(r["overrides"].get(k)) for r in rows}) > 1]
+
+
+def fixed_overrides(rows: list[dict]) -> dict:
+    """The overrides every job shares (other than seed)."""
+    swept = set(swept_keys(rows))
+    return {k: v for k, v in rows[0]["overrides"].items() if k != "seed" and k not in swept} if rows else {}
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -130,7 +141,19 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict]) -> str:
     head = f"jobs: {len(rows)}, completed: {counts['completed']}, failed: {len(failed)}"
     head += f", running: {counts['running']}" if counts["running"] else ""
     cols = [*keys, "params", "FLOPs", "images/s", "test top-1 (%)", "n", "failed"]
-    lines = [f"# Sweep `{sweep_dir}`", "", head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines = [f"# Sweep `{sweep_dir}`", ""]
+    commands = {r.get("argv") for r in rows} - {None}
+    if len(commands) == 1:
+        lines += [f"Command: `{commands.pop()}`", ""]
+    fixed = fixed_overrides(rows)
+    if fixed:
+        lines += ["Every job: " + " ".join(f"`{k}={v}`" for k, v in fixed.items()), ""]
+    lines += [head]
+    starts = sorted(r["time_to_first_step_s"] for r in rows if r.get("time_to_first_step_s") is not None)
+    if starts:
+        lines += ["", f"Time to first training step per job: median {statistics.median(starts):.1f} s "
+                      f"(min {starts[0]:.1f} s, max {starts[-1]:.1f} s)"]
+    lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for c in configs:
         speed = "-" if c["images_per_s"] is None else f"{c['images_per_s']:.0f}"
         cells = [*("-" if c[k] is None else str(c[k]) for k in keys), _human(c["params"]), _human(c["flops"]),
@@ -211,12 +234,12 @@ def plot(out: Path, configs: list[dict], keys: list[str]) -> list[Path]:
     return paths
 
 
-def log_wandb(sweep_dir, out: Path, rows, configs, plots, project: str, group: str | None) -> None:
+def log_wandb(sweep_dir, rows, configs, plots, project: str, group: str | None, mode: str) -> None:
     import wandb
 
-    # Offline unless the user asks otherwise through WANDB_MODE: nothing here needs the network.
-    run = wandb.init(project=project, group=group, job_type="report", dir=out,
-                     mode=os.environ.get("WANDB_MODE", "offline"), config={"sweep_dir": str(sweep_dir)})
+    # Beside the jobs' runs (each in <job>/wandb): `wandb sync` over the sweep folder uploads this one too.
+    run = wandb.init(project=project, group=group, job_type="report", dir=sweep_dir, mode=mode,
+                     config={"sweep_dir": str(sweep_dir)})
     cols = list(configs[0]) if configs else []
     jobs = [{k: v for k, v in r.items() if k != "overrides"} | r["overrides"] for r in rows]
     job_cols = list({k: None for j in jobs for k in j})
@@ -230,9 +253,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="focalnet-report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="sweep folder (e.g. a Hydra multirun folder)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the sweep folder)")
-    parser.add_argument("--wandb", action="store_true", help="log the table and plots to one W&B run")
-    parser.add_argument("--wandb-project", default="focalnet")
-    parser.add_argument("--wandb-group", default=None, help="W&B group of the sweep's runs")
+    parser.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
+                        help="log the table and plots to one W&B run (default: when the sweep's jobs logged to W&B)")
+    parser.add_argument("--wandb-project", default=None, help="default: the jobs' W&B project, else focalnet")
+    parser.add_argument("--wandb-group", default=None, help="default: the jobs' W&B group (the sweep's)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         parser.exit(2, f"focalnet-report: no such folder: {args.sweep_dir}\n")
@@ -247,5 +271,10 @@ def main(argv=None) -> None:
     (out / "results.md").write_text(markdown)
     plots = plot(out, configs, swept_keys(rows))
     print(markdown, end="")
-    if args.wandb:
-        log_wandb(args.sweep_dir, out, rows, configs, plots, args.wandb_project, args.wandb_group)
+    jobs_wandb = next((r["wandb"] for r in rows if r.get("wandb")), None)  # what train.py recorded
+    if args.wandb if args.wandb is not None else jobs_wandb is not None:
+        jobs_wandb = jobs_wandb or {}
+        project = args.wandb_project or jobs_wandb.get("project") or "focalnet"
+        # The jobs' mode (offline by default) unless WANDB_MODE says otherwise: by default nothing needs the network.
+        mode = os.environ.get("WANDB_MODE") or jobs_wandb.get("mode") or "offline"
+        log_wandb(args.sweep_dir, rows, configs, plots, project, args.wandb_group or jobs_wandb.get("group"), mode)

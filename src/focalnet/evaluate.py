@@ -1,0 +1,75 @@
+"""focalnet-eval ckpt_path=<run>/checkpoints/<file>.ckpt: test a checkpoint written by focalnet-train.
+
+The model and the data are rebuilt from the run config stored in the checkpoint (data=<name> tests on other data).
+The results go to summary.json in this evaluation's own run folder (outputs/eval/<time>/).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from focalnet.train import build_trainer, config_dir, launches_processes, rerun_this_job_in_children, run_job
+from focalnet.train import main as _main
+
+
+def evaluate(cfg: DictConfig, summary: dict) -> None:
+    import lightning as L
+    import torch
+    from hydra.utils import instantiate, to_absolute_path
+
+    from focalnet.module import ClassificationModule
+
+    if cfg.split not in ("test", "val"):
+        raise ValueError(f"split={cfg.split!r} must be test or val")
+    ckpt_path = Path(to_absolute_path(cfg.ckpt_path))
+    if not ckpt_path.is_file():
+        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such file")
+    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
+    run_cfg = checkpoint.get("hyper_parameters", {}).get("run_config")
+    if run_cfg is None:
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} holds no run config: not a focalnet-train checkpoint")
+    run_cfg = OmegaConf.create(run_cfg)
+    data_cfg = cfg.data if cfg.get("data") is not None else run_cfg.data
+    summary.update(
+        ckpt_path=str(ckpt_path),
+        epoch=checkpoint.get("epoch"),
+        model=run_cfg.model.get("name") or "focalnet_card",
+        data=hydra_choice("data") or OmegaConf.select(run_cfg, "choices.data"),
+        seed=L.seed_everything(cfg.seed, workers=True),
+    )
+
+    model = instantiate(run_cfg.model, _convert_="all")
+    module = ClassificationModule.load_from_checkpoint(ckpt_path, model=model, map_location="cpu")
+    datamodule = instantiate(data_cfg, _convert_="all")
+    trainer = build_trainer(cfg, summary)
+    for logger in trainer.loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    if launches_processes(trainer):
+        rerun_this_job_in_children(Path(summary["run_dir"]))
+    run = trainer.test if cfg.split == "test" else trainer.validate
+    summary["metrics"] = run(module, datamodule=datamodule, verbose=False)[0]
+    if trainer.is_global_zero:
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(summary["metrics"].items()))
+        print(f"\nrun folder: {summary['run_dir']}\nmetrics:    {shown}")
+
+
+def hydra_choice(group: str) -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.choices.get(group)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
+def _hydra_main(cfg: DictConfig) -> None:
+    run_job("focalnet-eval", cfg, evaluate)
+
+
+def main() -> None:
+    _main(_hydra_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The LightningModule: image classification with any model that maps images to logits (every FocalNet does)."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Mapping
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices and kernels only; norms, biases and layer-scale gammas (ndim <= 1) get none.
+
+    Groups hold `(name, parameter)` pairs, so `optimizer.param_groups[i]["param_names"]` says what went where.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append((name, p))
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, warmup_lr: float, min_lr: float
+) -> LRScheduler:
+    """Linear warm-up from warmup_lr to the optimizer's lr over warmup_steps, then cosine decay to min_lr."""
+    cosine = CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup_steps, 1), eta_min=min_lr)
+    if warmup_steps <= 0:
+        return cosine
+    warmup = LinearLR(optimizer, start_factor=warmup_lr / optimizer.defaults["lr"], total_iters=warmup_steps)
+    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
+def mix_batch(
+    images: torch.Tensor, labels: torch.Tensor, num_classes: int, mixup_alpha: float, cutmix_alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeiT-style batch mixing: mixup or cutmix (half the batches each when both are on) with the batch reversed,
+    lam ~ Beta(alpha, alpha); returns mixed images and soft targets.
+
+    kornia's RandomMixUpV2 draws lam uniformly per sample, not from Beta(alpha), so the paper's recipe is written here.
+    """
+    use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or torch.rand(()).item() < 0.5)
+    alpha = cutmix_alpha if use_cutmix else mixup_alpha
+    lam = torch.distributions.Beta(alpha, alpha).sample().item()
+    other = images.flip(0)
+    if use_cutmix:
+        h, w = images.shape[-2:]
+        cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+        cy, cx = torch.randint(h, ()).item(), torch.randint(w, ()).item()
+        y0, y1 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+        x0, x1 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+        images = images.clone()
+        images[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
+        lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)  # the area actually kept
+    else:
+        images = other.lerp(images, lam)
+    target = F.one_hot(labels, num_classes).to(images.dtype)
+    return images, target.flip(0).lerp(target, lam)
+
+
+def _accuracy(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc_top1": MulticlassAccuracy(num_classes, top_k=1, average="micro"),
+            "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+        }
+    )
+
+
+class ClassificationModule(L.LightningModule):
+    """Cross-entropy training of `model` with AdamW, warm-up + cosine schedule, optional mixup/cutmix.
+
+    Args:
+        model: the network; needs a `num_classes` attribute (every FocalNet has one).
+        optim: the `optim` config group: `optimizer` (a `_target_` spec, e.g. torch.optim.AdamW with lr,
+            weight_decay, betas), `warmup_epochs`, `warmup_lr`, `min_lr`, and `lr_batch_size` (when set, lr,
+            warmup_lr and min_lr scale linearly by the global batch / lr_batch_size, as in the paper).
+        label_smoothing: cross-entropy label smoothing.
+        mixup_alpha / cutmix_alpha: Beta parameters of mixup and cutmix; 0 turns each off.
+        compile: torch.compile the model in place (parameter names and checkpoints stay the same).
+        channels_last: keep the model's weights in channels-last memory format.
+        run_config: the run's resolved config; it travels inside checkpoints, so focalnet-eval rebuilds the model and
+            the data from the checkpoint alone.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optim: Mapping,
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        compile: bool = False,
+        channels_last: bool = False,
+        run_config: Mapping | None = None,
+    ):
+        super().__init__()
+        # Plain containers only: checkpoints must load with torch.load(weights_only=True).
+        optim = OmegaConf.to_container(optim, resolve=True) if isinstance(optim, DictConfig) else dict(optim)
+        if isinstance(run_config, DictConfig):
+            run_config = OmegaConf.to_container(run_config, resolve=True)
+        self.save_hyperparameters(ignore=["model"], logger=False)
+        self.model = model
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if compile:
+            self.model.compile()
+        self.num_classes = model.num_classes
+        metrics = _accuracy(self.num_classes)
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self._epoch_images = 0
+        self._epoch_start = self._epoch_train_time = 0.0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.model(images)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        targets = labels
+        if self.hparams.mixup_alpha > 0 or self.hparams.cutmix_alpha > 0:
+            images, targets = mix_batch(
+                images, labels, self.num_classes, self.hparams.mixup_alpha, self.hparams.cutmix_alpha
+            )
+        logits = self(images)
+        loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        self.train_metrics.update(logits, labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
+        self._epoch_images += len(labels)
+        return loss
+
+    def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> None:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        metrics.update(logits, labels)
+        self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=len(labels))
+        self.log_dict(metrics, prog_bar=stage == "val")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics, "test")
+
+    # Images/s over the training batches of each epoch (validation excluded), summed over ranks. Lightning's
+    # ThroughputMonitor reports only once a 100-batch window has filled and keeps its numbers to itself.
+    def on_train_epoch_start(self) -> None:
+        self._epoch_images = 0
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        self._epoch_train_time = time.perf_counter() - self._epoch_start
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_train_time > 0:
+            rate = self._epoch_images / self._epoch_train_time
+            self.log("train/images_per_s", rate, sync_dist=True, reduce_fx="sum")
+
+    def configure_optimizers(self):
+        optim = self.hparams.optim
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        scale = 1.0
+        if optim.get("lr_batch_size"):
+            batch = self.trainer.train_dataloader.batch_size
+            scale = batch * self.trainer.world_size * self.trainer.accumulate_grad_batches / optim["lr_batch_size"]
+        kwargs = dict(optim["optimizer"])
+        optimizer_class = get_class(kwargs.pop("_target_"))
+        kwargs["lr"] *= scale
+        optimizer = optimizer_class(param_groups(self.model, kwargs.pop("weight_decay", 0.0)), **kwargs)
+        max_epochs = self.trainer.max_epochs
+        warmup_steps = round(optim["warmup_epochs"] * total_steps / max_epochs) if max_epochs and max_epochs > 0 else 0
+        scheduler = warmup_cosine(
+            optimizer, total_steps, warmup_steps, optim["warmup_lr"] * scale, optim["min_lr"] * scale
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # Lightning keeps no RNG state in checkpoints; with it, a run resumed from an epoch-end checkpoint draws the
+    # same shuffles, augmentations and drop-paths as the run that never stopped.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            version, state, gauss = states["python"]
+            random.setstate((version, tuple(state), gauss))
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,101 @@
+"""What a run folder records about itself: summary.json (read by focalnet-report), git state, versions."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+PACKAGES = ("focalnet", "torch", "lightning", "torchmetrics", "hydra-core", "omegaconf", "wandb", "kornia")
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty).
+
+    Hydra's "Error in call to target ..." gives way to the error inside it, prefixed with the config key.
+    """
+    from hydra.errors import InstantiationException
+
+    prefix = ""
+    if isinstance(error, InstantiationException) and error.__cause__ is not None:
+        key = re.search(r"^full_key: (\S+)", str(error), re.MULTILINE)
+        prefix = f"{key.group(1)}: " if key else ""
+        error = error.__cause__
+    text = str(error).strip()
+    return prefix + (text.splitlines()[0].strip() if text else type(error).__name__)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically: readers (focalnet-report, a sweep monitor) never see a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def git_info(path: Path | None = None) -> dict[str, Any] | None:
+    """Commit and dirtiness of the checkout that holds the code; None for an installed wheel or no git."""
+    path = path or Path(__file__).resolve().parent
+    try:
+        run = lambda *args: subprocess.run(  # noqa: E731
+            ["git", *args], cwd=path, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        top = run("rev-parse", "--show-toplevel")
+        if not (Path(top) / "pyproject.toml").exists():
+            return None  # some other repository around an installed package
+        try:
+            commit = run("rev-parse", "HEAD")
+        except subprocess.CalledProcessError:
+            commit = None  # a repository without commits yet
+        return {"commit": commit, "dirty": bool(run("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """Hydra task overrides ("model.focal_levels=2", "data=cifar10") as {key: value}, values parsed by Hydra."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return {o.get_key_element(): o.value() for o in parsed}
+
+
+def job_info(app: str) -> dict[str, Any]:
+    """The Hydra job's identity: overrides, job number, sweep and run folders, the command that reproduces it."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra = HydraConfig.get()
+    overrides = list(hydra.overrides.task)
+    multirun = hydra.mode == RunMode.MULTIRUN
+    return {
+        "overrides": parse_overrides(overrides),
+        "override_string": ",".join(overrides),
+        "job_num": hydra.job.get("num", 0) if multirun else 0,
+        "sweep_dir": str(Path(hydra.sweep.dir).absolute()) if multirun else None,
+        "run_dir": str(Path(hydra.runtime.output_dir).absolute()),
+        "command": shlex.join([app, *overrides]),
+        "argv": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }

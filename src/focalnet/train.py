@@ -1,0 +1,249 @@
+"""focalnet-train: train one FocalNet, or sweep many (`-m`), from the Hydra configs in conf/.
+
+Every run folder holds the composed config (.hydra/), checkpoints/ (best and last), the W&B run (wandb/) and
+summary.json. A failed run records status "failed" and its one-line error there and prints `error: ...`; a sweep
+goes on to its next job (unless fail_fast=true) and the command exits 1 at the end if any job failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from focalnet.runinfo import git_info, job_info, now, one_line, versions, write_json
+
+
+def config_dir() -> str:
+    """conf/ inside the installed package (the wheel ships it there), else the checkout's top-level conf/."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return str(packaged if packaged.is_dir() else here.parents[1] / "conf")
+
+
+FAILED: list[str] = []  # run folders of the jobs that failed in this process
+
+
+def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None]) -> dict[str, Any]:
+    """Run `body(cfg, summary)` as one Hydra job: summary.json "running" -> "completed"/"failed", one W&B run.
+
+    Exceptions become a failed summary, `error: <one line>` on stderr and the traceback in error.log; the process
+    environment and sys.argv are restored afterwards, so the next job of a sweep starts clean.
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    # `import lightning` gives its logger a console handler of its own; Hydra's handlers (console and the run's
+    # log file) already receive everything, so each message would print twice.
+    logging.getLogger("lightning").handlers.clear()
+
+    info = job_info(app)
+    run_dir = Path(info["run_dir"])
+    rank_zero = rank_zero_only.rank == 0
+    summary: dict[str, Any] = {"status": "running", "error": None, "task": cfg.get("task_name"), **info}
+    summary["seed"] = cfg.get("seed")
+    summary.update(git=git_info(), versions=versions(), started_at=now(), finished_at=None)
+
+    def save() -> None:
+        if rank_zero:
+            write_json(run_dir / "summary.json", summary)
+
+    save()
+    env, argv, start = dict(os.environ), list(sys.argv), time.perf_counter()
+    try:
+        body(cfg, summary)
+        summary["status"] = "completed"
+    except Exception as error:
+        summary.update(status="failed", error=one_line(error))
+        if rank_zero:
+            (run_dir / "error.log").write_text(traceback.format_exc())
+        print(f"error: {summary['error']}", file=sys.stderr, flush=True)
+        FAILED.append(str(run_dir))
+    finally:
+        summary.update(wall_time_s=round(time.perf_counter() - start, 3), finished_at=now())
+        save()
+        _finish(failed=summary["status"] != "completed")
+        os.environ.clear()
+        os.environ.update(env)  # Lightning and W&B set MASTER_PORT, WANDB_MODE, PL_GLOBAL_SEED, ...
+        sys.argv[:] = argv
+    if summary["status"] == "failed" and cfg.get("fail_fast"):
+        raise SystemExit(1)
+    return summary
+
+
+def _finish(failed: bool) -> None:
+    """Close this job's W&B run and process group, or the next job in this process would log into / hang on them."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=int(failed))
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rerun_this_job_in_children(run_dir: Path) -> None:
+    """Make Lightning's DDP launcher start the other ranks on exactly this job.
+
+    The launcher re-executes sys.argv plus `hydra.run.dir=<HydraConfig run.dir>`. In a sweep that argv is the whole
+    sweep and run.dir a fresh timestamp; instead the children compose this job's saved config in this job's folder.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is None:
+        raise ValueError("hydra.output_subdir=null: multi-process training needs the job's saved config")
+    sys.argv[:] = [sys.argv[0], "--config-path", str(run_dir / hydra_cfg.output_subdir), "--config-name", "config"]
+    OmegaConf.set_readonly(hydra_cfg, False)
+    hydra_cfg.run.dir = str(run_dir)
+    OmegaConf.set_readonly(hydra_cfg, True)
+
+
+def launches_processes(trainer) -> bool:
+    """Whether fit() will start the other ranks itself (DDP on one machine), not SLURM or torchrun."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return trainer.world_size > 1 and environment is not None and not environment.creates_processes_externally
+
+
+def instantiate_all(group: DictConfig | None) -> list:
+    """The `_target_` entries of a group like callbacks/ or logger/ (entries set to null are skipped)."""
+    from hydra.utils import instantiate
+
+    return [instantiate(c, _convert_="all") for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def build_trainer(cfg: DictConfig, summary: dict):
+    """Loggers (W&B name and group filled in from the job), callbacks and the Trainer."""
+    from hydra.utils import instantiate
+
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if wandb_cfg is not None:
+        wandb_cfg.name = wandb_cfg.name or summary["override_string"] or None
+        if wandb_cfg.group is None and summary["sweep_dir"]:
+            wandb_cfg.group = Path(summary["sweep_dir"]).name
+        # focalnet-report logs a sweep's table and plots to the same project and group.
+        mode = "offline" if wandb_cfg.offline else os.environ.get("WANDB_MODE", "online")
+        summary["wandb"] = {"project": wandb_cfg.project, "group": wandb_cfg.group, "mode": mode}
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    loggers = instantiate_all(cfg.get("logger"))
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    if not loggers:  # logger=none: the learning rate has nowhere to go, and LearningRateMonitor would refuse to run
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+def train(cfg: DictConfig, summary: dict) -> None:
+    started = time.perf_counter()
+    import lightning as L
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate, to_absolute_path
+
+    import focalnet
+    from focalnet.callbacks import FirstStepTimer
+
+    summary["seed"] = L.seed_everything(cfg.seed, workers=True)
+    choices = HydraConfig.get().runtime.choices
+    summary["model"] = cfg.model.get("name") or "focalnet_card"
+    summary["data"] = choices.get("data")
+
+    # Plain containers, not DictConfigs: the data module's hyperparameters go into checkpoints, which must load
+    # with torch.load(weights_only=True).
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    stats = focalnet.model_stats(model, cfg.data.image_size, cfg.data.in_channels)
+    summary.update(stats)
+    # The resolved config plus the chosen group options travels to W&B and into every checkpoint.
+    resolved = {**OmegaConf.to_container(cfg, resolve=True), "choices": _choices()}
+    module = instantiate(cfg.module, model=model, optim=resolved["optim"], run_config=resolved, _recursive_=False)
+    trainer = build_trainer(cfg, summary)
+    trainer.callbacks.append(FirstStepTimer(summary, started))
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**resolved, **stats})
+    if launches_processes(trainer):
+        rerun_this_job_in_children(Path(summary["run_dir"]))
+
+    ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    if trainer.interrupted:
+        raise RuntimeError("training was interrupted")
+    metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
+    summary["train_images_per_s"] = metrics.get("train/images_per_s")
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        epoch = torch.load(best, map_location="cpu", mmap=True, weights_only=True)["epoch"]
+        summary["best"] = {"val/acc_top1": trainer.checkpoint_callback.best_model_score.item(), "epoch": epoch}
+        summary["best_ckpt"] = best
+    if cfg.test:
+        metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0])
+    summary["metrics"] = metrics
+    if trainer.is_global_zero:
+        report(summary, trainer)
+
+
+def _choices() -> dict[str, str]:
+    """The config group options this run picked, e.g. {"data": "digits", "model": "card", ...}."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices
+    return {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
+
+
+def report(summary: dict, trainer) -> None:
+    """What a person at the terminal wants at the end: where the run is, how it did, how to upload it."""
+    shown = {k: v for k, v in sorted(summary["metrics"].items()) if k.startswith(("test/", "val/"))}
+    print(f"\nrun folder: {summary['run_dir']}")
+    print("metrics:    " + "  ".join(f"{k}={v:.4f}" for k, v in shown.items()))
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger" and logger.experiment.settings.mode != "online":
+            print(f"W&B run:    wandb sync {Path(logger.experiment.dir).parent}")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    summary = run_job("focalnet-train", cfg, train)
+    # What an optimising sweeper (hparams_search=optuna) maximises; None marks a failed trial.
+    return (summary.get("metrics") or {}).get(cfg.get("optimized_metric"))
+
+
+def main(hydra_main: Callable[[], None] = _hydra_main) -> None:
+    """Console entry point: Hydra's own errors (unknown option, bad override) become one line, and the exit code
+    is 1 when any run failed. HYDRA_FULL_ERROR=1 shows full tracebacks instead."""
+    show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises instead of printing its multi-line report
+    try:
+        hydra_main()
+    except Exception as error:
+        if show_traceback:
+            raise
+        print(f"error: {hydra_error_line(error)}", file=sys.stderr)
+        sys.exit(1)
+    if FAILED:
+        sys.exit(1)
+
+
+def hydra_error_line(error: BaseException) -> str:
+    """One line from a Hydra composition error, with the available options when Hydra lists them."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if "Available options" in str(error):
+        start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
+        options = [line for line in lines[start + 1 :] if not line.startswith(("Config search path", "provider="))]
+        return f"{lines[0]} (available: {', '.join(options)})"
+    # "Could not override 'x'." is followed by the reason or the fix on the next line.
+    return " ".join(lines[:2]) if lines[0].startswith("Could not override") and len(lines) > 1 else lines[0]
+
+
+if __name__ == "__main__":
+    main()

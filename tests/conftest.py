@@ -1,0 +1,61 @@
+"""Shared fixtures: running the focalnet-train / focalnet-eval CLIs in a subprocess, composing configs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def run_cli(app: str, *overrides: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a console script of this venv the way a user would, offline and quiet, from `cwd`.
+
+    A subprocess, never in-process: Lightning's DDP launcher re-executes sys.argv, which inside pytest is pytest.
+    """
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(cwd / "wandb-home"))
+    env.pop("HYDRA_FULL_ERROR", None)
+    (cwd / "wandb-home").mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [str(BIN / app), *overrides], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+# A few seconds of training on digits: small enough for the test suite, long enough to learn.
+QUICK = (
+    "trainer.max_epochs=3",
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "optim.warmup_epochs=0.5",
+    "callbacks.progress_bar=null",
+)
+TINY = (  # one short epoch: for runs that test plumbing, not learning
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "model.hidden_size=16",
+    "model.num_layers=1",
+    "callbacks.progress_bar=null",
+)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One short digits run with W&B offline that keeps every epoch's checkpoint (shared by several tests)."""
+    cwd = tmp_path_factory.mktemp("trained")
+    run_dir = cwd / "run"
+    result = run_cli(
+        "focalnet-train", *QUICK, f"hydra.run.dir={run_dir}", "callbacks.model_checkpoint.save_top_k=-1", cwd=cwd
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir

@@ -1,0 +1,255 @@
+"""The LightningModule's pieces, and focalnet-train / focalnet-eval end to end on digits (in subprocesses)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import focalnet
+from conftest import BIN, QUICK, TINY, read_summary, run_cli
+from focalnet.module import mix_batch, param_groups, warmup_cosine
+
+# --- optimiser, schedule, mixing -------------------------------------------------------------------------------
+
+
+def test_no_weight_decay_on_norms_biases_and_gammas():
+    model = focalnet.FocalNet.build(
+        image_size=16,
+        patch_size=4,
+        hidden_size=16,
+        num_layers=2,
+        num_classes=10,
+        use_layerscale=True,
+        use_postln_in_modulation=True,
+    )
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay=0.05), lr=1e-3)
+    by_name = {g["name"]: g for g in optimizer.param_groups}
+    decay, no_decay = set(by_name["decay"]["param_names"]), set(by_name["no_decay"]["param_names"])
+    assert by_name["decay"]["weight_decay"] == 0.05 and by_name["no_decay"]["weight_decay"] == 0.0
+    assert decay | no_decay == {n for n, _ in model.named_parameters()} and not decay & no_decay
+    block = "layers.0.blocks.0"
+    assert {
+        f"{block}.modulation.f.weight",
+        f"{block}.modulation.focal_layers.0.0.weight",
+        f"{block}.mlp.fc1.weight",
+        "patch_embed.proj.weight",
+        "head.weight",
+    } <= decay
+    assert {
+        f"{block}.gamma_1",
+        f"{block}.gamma_2",
+        f"{block}.norm1.weight",
+        f"{block}.norm1.bias",
+        f"{block}.modulation.ln.weight",
+        f"{block}.modulation.f.bias",
+        "norm.weight",
+        "head.bias",
+    } <= no_decay
+
+
+def test_warmup_then_cosine_to_min_lr():
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=1e-3)
+    scheduler = warmup_cosine(optimizer, total_steps=100, warmup_steps=10, warmup_lr=1e-6, min_lr=1e-5)
+    lrs = []
+    for _ in range(101):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[0] == pytest.approx(1e-6)
+    assert lrs[5] == pytest.approx((1e-6 + 1e-3) / 2)  # linear warm-up
+    assert lrs[10] == pytest.approx(1e-3)
+    assert lrs[55] == pytest.approx((1e-3 + 1e-5) / 2)  # half way down the cosine
+    assert lrs[100] == pytest.approx(1e-5)
+    assert max(lrs) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_mixing_makes_soft_targets_that_match_the_images(mixup, cutmix):
+    torch.manual_seed(0)
+    images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 8, 8).contiguous()  # image i is all i
+    labels = torch.tensor([0, 1, 2, 3])
+    mixed, targets = mix_batch(images, labels, 5, mixup, cutmix)
+    assert mixed.shape == images.shape and targets.shape == (4, 5)
+    assert torch.allclose(targets.sum(1), torch.ones(4))
+    # Each image is its own share of itself plus the rest of its partner (the batch reversed), as the target says.
+    lam = targets[0, 0]
+    assert torch.allclose(mixed[0].mean(), lam * 0 + (1 - lam) * 3, atol=1e-5)
+    assert torch.allclose(targets[0, 3], 1 - lam)
+
+
+# --- end to end --------------------------------------------------------------------------------------------------
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """The records of the run's offline .wandb file, read back with wandb's own reader (`wandb leet inspect`)."""
+    (wandb_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    result = subprocess.run(
+        [str(BIN / "wandb"), "leet", "inspect", "--json", str(wandb_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+
+
+def test_training_learns_and_records_the_run(trained_run):
+    summary = read_summary(trained_run)
+    assert summary["status"] == "completed" and summary["error"] is None
+    assert summary["model"] == "focalnet_card" and summary["data"] == "digits" and summary["seed"] == 0
+    assert summary["metrics"]["test/acc_top1"] > 0.6  # chance is 0.1
+    assert summary["metrics"]["test/acc_top5"] >= summary["metrics"]["test/acc_top1"]
+    assert summary["overrides"]["trainer.max_epochs"] == 3 and summary["overrides"]["model.hidden_size"] == 32
+    assert summary["params"] > 0 and summary["flops"] > 0 and summary["train_images_per_s"] > 0
+    assert summary["best"]["epoch"] in (0, 1, 2) and 0 < summary["best"]["val/acc_top1"] <= 1
+    assert summary["command"].startswith("focalnet-train trainer.max_epochs=3")
+    assert summary["finished_at"] and summary["wall_time_s"] > 0 and "torch" in summary["versions"]
+    assert (trained_run / ".hydra" / "config.yaml").is_file()
+    assert {p.name for p in (trained_run / "checkpoints").glob("*.ckpt")} == {
+        "epoch000.ckpt",
+        "epoch001.ckpt",
+        "epoch002.ckpt",
+        "last.ckpt",
+    }
+
+
+def test_checkpoint_optimizer_has_no_decay_on_norms(trained_run):
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    groups = {g["name"]: g for g in checkpoint["optimizer_states"][0]["param_groups"]}
+    assert groups["decay"]["weight_decay"] == 0.05 and groups["no_decay"]["weight_decay"] == 0.0
+    assert "model.patch_embed.norm.weight" not in groups["decay"]["param_names"]
+    assert "patch_embed.norm.weight" in groups["no_decay"]["param_names"]
+    assert "head.weight" in groups["decay"]["param_names"]
+
+
+def test_wandb_offline_run_holds_config_and_metrics(trained_run):
+    records = wandb_records(trained_run)
+    history = [r["history"]["item"] for r in records if r["type"] == "history"]
+    steps_with = lambda key: [h for h in history if key in h]  # noqa: E731
+    assert len(steps_with("val/acc_top1")) == 3  # one per epoch
+    assert len(steps_with("test/acc_top1")) == 1
+    assert len(steps_with("train/images_per_s")) == 3
+    assert steps_with("lr-AdamW/decay")
+    summary = read_summary(trained_run)
+    assert steps_with("test/acc_top1")[0]["test/acc_top1"] == pytest.approx(summary["metrics"]["test/acc_top1"])
+    config = json.dumps([r for r in records if r["type"] == "config"])
+    assert "focal_levels" in config and "hidden_size" in config and '"params"' in config
+
+
+def test_eval_reproduces_the_test_accuracy(trained_run, tmp_path):
+    summary = read_summary(trained_run)
+    result = run_cli(
+        "focalnet-eval", f"ckpt_path={summary['best_ckpt']}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = read_summary(tmp_path / "eval")
+    assert evaluation["status"] == "completed" and evaluation["task"] == "eval"
+    assert evaluation["metrics"]["test/acc_top1"] == pytest.approx(summary["metrics"]["test/acc_top1"], abs=1e-6)
+    assert evaluation["metrics"]["test/loss"] == pytest.approx(summary["metrics"]["test/loss"], abs=1e-6)
+
+
+def test_resume_matches_the_uninterrupted_run(trained_run, tmp_path):
+    """Resuming from the end of epoch 0 and training to epoch 3 ends exactly where the 3-epoch run ended."""
+    result = run_cli(
+        "focalnet-train",
+        *QUICK,
+        "logger=csv",
+        f"hydra.run.dir={tmp_path / 'resumed'}",
+        f"ckpt_path={trained_run / 'checkpoints' / 'epoch000.ckpt'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    full, resumed = read_summary(trained_run)["metrics"], read_summary(tmp_path / "resumed")["metrics"]
+    for key in ("test/acc_top1", "test/loss", "val/acc_top1", "val/loss"):
+        assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
+
+
+def test_ddp_on_two_cpu_processes_makes_one_run(tmp_path):
+    result = run_cli("focalnet-train", *TINY, "trainer=ddp_cpu", f"paths.log_dir={tmp_path / 'logs'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "logs" / "train").iterdir()
+    summary = read_summary(run_dir)
+    assert summary["status"] == "completed" and "test/acc_top1" in summary["metrics"]
+    assert len(list(tmp_path.rglob("summary.json"))) == 1
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1
+
+
+def test_ddp_sweep_makes_one_folder_per_job_and_nothing_else(tmp_path):
+    result = run_cli(
+        "focalnet-train", "-m", *TINY, "trainer=ddp_cpu", f"paths.log_dir={tmp_path / 'logs'}", "seed=0,1", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = (tmp_path / "logs" / "train" / "multirun").iterdir()
+    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["train"]
+    assert sorted(p.name for p in (tmp_path / "logs" / "train").iterdir()) == ["multirun"]
+    for job in (0, 1):
+        summary = read_summary(sweep_dir / str(job))
+        assert summary["status"] == "completed" and summary["job_num"] == job and summary["seed"] == job
+        assert summary["sweep_dir"] == str(sweep_dir) and "test/acc_top1" in summary["metrics"]
+        assert len(list((sweep_dir / str(job)).glob("wandb/offline-run-*"))) == 1  # one W&B run per job
+
+
+# --- bad input -------------------------------------------------------------------------------------------------
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, result.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model=focalnet_nope", "model/focalnet_nope"),
+        ("data=nope", "data/nope"),
+    ],
+)
+def test_unknown_option_is_one_line(override, message, tmp_path):
+    result = run_cli("focalnet-train", override, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 1
+    assert message in error_line(result) and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing written: the config never composed
+
+
+def test_missing_data_root_fails_the_run(tmp_path):
+    result = run_cli(
+        "focalnet-train",
+        "data=cifar10",
+        f"data.root={tmp_path / 'nowhere'}",
+        "logger=csv",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert "data.root=" in error_line(result) and "nowhere" in error_line(result)
+    summary = read_summary(tmp_path / "run")
+    assert summary["status"] == "failed" and "nowhere" in summary["error"]
+    assert (tmp_path / "run" / "error.log").read_text().startswith("Traceback")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    """data.image_size=30 is not divisible by the patch size 4: job 0 fails, job 1 runs, the command exits 1."""
+    result = run_cli(
+        "focalnet-train",
+        "-m",
+        *TINY,
+        "logger=csv",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        "data.image_size=30,32",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert error_line(result) == "error: model: image_size=30 is not divisible by patch_size=4"
+    (sweep_dir,) = (tmp_path / "logs" / "train" / "multirun").iterdir()
+    failed, completed = read_summary(sweep_dir / "0"), read_summary(sweep_dir / "1")
+    assert failed["status"] == "failed" and failed["error"] == "model: image_size=30 is not divisible by patch_size=4"
+    assert completed["status"] == "completed" and math.isfinite(completed["metrics"]["test/loss"])
