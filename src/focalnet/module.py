@@ -193,14 +193,18 @@ class ClassificationModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # Lightning keeps no RNG state in checkpoints; with it, a run resumed from an epoch-end checkpoint draws the
-    # same shuffles, augmentations and drop-paths as the run that never stopped.
+    # same shuffles, augmentations and drop-paths as the run that never stopped. The states are applied at
+    # on_train_start, after the sanity check, whose dataloader iterator draws from the global RNG.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        states = checkpoint.get("rng_states")
+        self._resumed_rng_states = checkpoint.get("rng_states")
+
+    def on_train_start(self) -> None:
+        states, self._resumed_rng_states = getattr(self, "_resumed_rng_states", None), None
         if states:
             torch.set_rng_state(states["torch"])
             version, state, gauss = states["python"]

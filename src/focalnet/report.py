@@ -237,8 +237,9 @@ def plot(out: Path, configs: list[dict], keys: list[str]) -> list[Path]:
 def log_wandb(sweep_dir, rows, configs, plots, project: str, group: str | None, mode: str) -> None:
     import wandb
 
-    # Beside the jobs' runs (each in <job>/wandb): `wandb sync` over the sweep folder uploads this one too.
-    run = wandb.init(project=project, group=group, job_type="report", dir=sweep_dir, mode=mode,
+    # Beside the jobs' runs (each in <job>/wandb): `wandb sync` over the sweep folder uploads this one too. Absolute:
+    # wandb's service process, shared by every run of this process, resolves a relative dir against its own cwd.
+    run = wandb.init(project=project, group=group, job_type="report", dir=Path(sweep_dir).resolve(), mode=mode,
                      config={"sweep_dir": str(sweep_dir)})
     cols = list(configs[0]) if configs else []
     jobs = [{k: v for k, v in r.items() if k != "overrides"} | r["overrides"] for r in rows]

@@ -6,7 +6,7 @@ import kornia.augmentation as K
 import lightning as L
 import torch
 from kornia.geometry.transform import resize
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from focalnet.data.augment import build_augment
 
@@ -71,12 +71,19 @@ class VisionDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, train: bool = False) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before asking for its dataloaders")
+        sampler = None
+        if train:
+            # Shuffled by data.seed + epoch (Lightning calls set_epoch), whatever else drew from the global RNG: a run
+            # resumed at epoch e draws the order the uninterrupted run drew. Lightning keeps a DistributedSampler as is.
+            world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
-            # Shuffling follows data.seed alone, whatever else consumed the global RNG before.
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            sampler=sampler,
+            # Each iterator draws its workers' base seed from this generator, not from the global RNG, which then
+            # holds only the augmentation's and the model's draws: the same in a resumed run as in an unbroken one.
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory and torch.cuda.is_available(),
