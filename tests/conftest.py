@@ -34,6 +34,12 @@ def read_summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def job_dir(sweep_dir: Path, num: int) -> Path:
+    """The folder of job `num` of a sweep: <num>_<its overrides> (conf/hydra/default.yaml)."""
+    (path,) = sweep_dir.glob(f"{num}_*")
+    return path
+
+
 # A few seconds of training on digits: small enough for the test suite, long enough to learn.
 QUICK = (
     "trainer.max_epochs=3",

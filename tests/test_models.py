@@ -1,5 +1,4 @@
 import re
-import warnings
 
 import pytest
 import torch
@@ -7,11 +6,11 @@ import torch
 import focalnet
 from focalnet import FocalNet, create_model, list_models, model_stats
 
-RELEASED = [
-    f"focalnet_{s}_{r}" for s in ("tiny", "small", "base") for r in ("srf", "lrf")
-] + [f"focalnet_{s}_iso" for s in ("tiny", "small", "base")] + [
-    f"focalnet_{s}_fl{l}" for s in ("large", "xlarge", "huge") for l in (3, 4)
-]
+RELEASED = (
+    [f"focalnet_{s}_{r}" for s in ("tiny", "small", "base") for r in ("srf", "lrf")]
+    + [f"focalnet_{s}_iso" for s in ("tiny", "small", "base")]
+    + [f"focalnet_{s}_fl{l}" for s in ("large", "xlarge", "huge") for l in (3, 4)]
+)
 
 
 def test_registry_holds_every_released_model_and_the_card():
@@ -44,7 +43,9 @@ def test_card_builder_with_and_without_head():
     logits = FocalNet.build(num_classes=10)
     assert logits(x).shape == (3, 10)
     assert FocalNet.output_size(num_classes=10) == 10
-    small = dict(image_size=32, patch_size=4, in_channels=1, hidden_size=48, num_layers=2, focal_levels=2, focal_kernel=5)
+    small = dict(
+        image_size=32, patch_size=4, in_channels=1, hidden_size=48, num_layers=2, focal_levels=2, focal_kernel=5
+    )
     assert FocalNet.build(**small)(torch.randn(2, 1, 32, 32)).shape == (2, FocalNet.output_size(**small)) == (2, 48)
     m = FocalNet.build(**small, num_classes=4)
     assert m.layers[0].blocks[0].modulation.kernel_sizes == [5, 7]
@@ -132,7 +133,9 @@ def test_head_of_another_size_is_dropped_with_a_warning(tmp_path):
 def test_checkpoint_of_another_model_names_the_first_bad_key(tmp_path):
     path = tmp_path / "w.pth"
     torch.save(create_model("focalnet_tiny_srf", num_classes=10, **SMALL).state_dict(), path)
-    with pytest.raises(ValueError, match=r"layers\.0\.blocks\.0\.modulation\.f\.weight has shape \(35, 16\).*\(36, 16\)"):
+    with pytest.raises(
+        ValueError, match=r"layers\.0\.blocks\.0\.modulation\.f\.weight has shape \(35, 16\).*\(36, 16\)"
+    ):
         create_model("focalnet_tiny_lrf", num_classes=10, pretrained=str(path), **SMALL)
 
 
@@ -163,7 +166,9 @@ def test_modulator_and_gates_on_request_and_stage_features():
     assert mod.modulator.shape == (2, 8, 8, 32) and mod.gates.shape == (2, 8, 8, 4)  # 3 levels + global
     feats = model.forward_intermediates(x)
     assert [tuple(f.shape) for f in feats] == [(2, 16, 16, 16), (2, 32, 8, 8), (2, 64, 4, 4), (2, 128, 2, 2)]
-    torch.testing.assert_close(model.forward_features(x).permute(0, 3, 1, 2), model.norm(feats[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    torch.testing.assert_close(
+        model.forward_features(x).permute(0, 3, 1, 2), model.norm(feats[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    )
 
 
 def test_ablation_knobs_change_the_function_and_keep_shapes():
@@ -176,9 +181,17 @@ def test_ablation_knobs_change_the_function_and_keep_shapes():
         m = FocalNet.build(**base, **knob).eval()
         m.load_state_dict(ref.state_dict())
         assert not torch.allclose(m.forward_features(x), ref.forward_features(x), rtol=1e-3, atol=0), knob
-    for knob in [dict(use_global_context=False), dict(use_postln_in_modulation=True), dict(mlp_ratio=2.0),
-                 dict(use_layerscale=True, layerscale_value=0.5), dict(use_conv_embed=True), dict(focal_levels=0),
-                 dict(focal_factor=0), dict(weight_init="timm"), dict(drop_path_rate=0.2)]:
+    for knob in [
+        dict(use_global_context=False),
+        dict(use_postln_in_modulation=True),
+        dict(mlp_ratio=2.0),
+        dict(use_layerscale=True, layerscale_value=0.5),
+        dict(use_conv_embed=True),
+        dict(focal_levels=0),
+        dict(focal_factor=0),
+        dict(weight_init="timm"),
+        dict(drop_path_rate=0.2),
+    ]:
         assert FocalNet.build(**base, **knob)(x).shape == (2, 3), knob
     zero = FocalNet.build(**base, focal_levels=0)
     assert zero.layers[0].blocks[0].modulation.f.out_features == 2 * 32 + 1  # only the global gate

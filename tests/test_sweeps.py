@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import TINY, read_summary, run_cli
+from conftest import TINY, job_dir, read_summary, run_cli
 from focalnet.train import config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,11 +78,14 @@ def test_ddp_sweep_jobs(ddp_sweep_run):
                  "checkpoints/last.ckpt", "wandb", "wandb/offline-run-*", "wandb/latest-run", "wandb/debug.log",
                  "wandb/debug-internal.log"}
     expected = {"wandb-home", "sweep", "sweep/multirun.yaml"}
-    expected |= {f"sweep/{num}/{f}" for num in range(4) for f in job_files} | {f"sweep/{num}" for num in range(4)}
+    jobs = [f"sweep/{job_dir(ddp_sweep / 'sweep', num).name}" for num in range(4)]
+    if read_summary(ddp_sweep / jobs[0])["git"]["dirty"]:
+        job_files.add("git.diff")  # the uncommitted changes the jobs ran with
+    expected |= {f"{job}/{f}" for job in jobs for f in job_files} | set(jobs)
     assert found == expected
 
     for num, (levels, kernel) in enumerate(GRID):
-        job = ddp_sweep / "sweep" / str(num)
+        job = job_dir(ddp_sweep / "sweep", num)
         s = read_summary(job)
         assert s["status"] == "completed" and s["error"] is None and s["job_num"] == num
         assert (s["overrides"]["model.focal_levels"], s["overrides"]["model.focal_kernel"]) == (levels, kernel)
@@ -102,7 +105,7 @@ def test_ddp_metrics_are_synced(ddp_sweep):
 
     from focalnet.module import ClassificationModule
 
-    job = ddp_sweep / "sweep" / "0"
+    job = job_dir(ddp_sweep / "sweep", 0)
     summary = read_summary(job)
     cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
     model = instantiate(cfg.model, _convert_="all")
@@ -154,11 +157,11 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     result = run_cli("focalnet-train", "-m", "fail_fast=false,true", "model.focal_kernel=4,3", *TINY, "logger=none",
                      "hydra.sweep.dir=sweep", cwd=tmp_path)
     assert result.returncode == 1
-    failed, done, stopped = (read_summary(tmp_path / "sweep" / str(num)) for num in range(3))
+    failed, done, stopped = (read_summary(job_dir(tmp_path / "sweep", num)) for num in range(3))
     assert failed["status"] == "failed" and "focal_kernel=4" in failed["error"] and "\n" not in failed["error"]
     assert done["status"] == "completed" and done["metrics"]["test/acc_top1"] >= 0
     assert stopped["status"] == "failed" and stopped["error"] == failed["error"]
-    assert not (tmp_path / "sweep" / "3").exists()
+    assert not list((tmp_path / "sweep").glob("3_*"))
     assert result.stderr.count(f"error: {failed['error']}") == 2
 
     from focalnet.report import main
@@ -224,7 +227,7 @@ def test_optuna_search(tmp_path):
     result = run_cli("focalnet-train", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY, "logger=none",
                      "hydra.sweep.dir=search", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    values = [read_summary(tmp_path / "search" / str(n))["metrics"]["val/acc_top1"] for n in range(2)]
+    values = [read_summary(job_dir(tmp_path / "search", n))["metrics"]["val/acc_top1"] for n in range(2)]
     best = OmegaConf.load(tmp_path / "search" / "optimization_results.yaml")
     assert math.isclose(best.best_value, max(values))
     assert set(best.best_params) == {"optim.optimizer.lr", "optim.optimizer.weight_decay", "model.drop_path_rate"}

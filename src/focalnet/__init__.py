@@ -11,4 +11,12 @@ from focalnet.models import (
 )
 
 __version__ = "0.1.0"
-__all__ = ["MODEL_CONFIGS", "FocalNet", "convert_state_dict", "create_model", "list_models", "load_pretrained", "model_stats"]
+__all__ = [
+    "MODEL_CONFIGS",
+    "FocalNet",
+    "convert_state_dict",
+    "create_model",
+    "list_models",
+    "load_pretrained",
+    "model_stats",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Mapping
@@ -11,11 +12,14 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class
+from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
+
+from focalnet.runinfo import one_line
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -94,6 +98,8 @@ class ClassificationModule(L.LightningModule):
         channels_last: keep the model's weights in channels-last memory format.
         run_config: the run's resolved config; it travels inside checkpoints, so focalnet-eval rebuilds the model and
             the data from the checkpoint alone.
+        on_nonfinite: what a NaN/inf loss does: "stop" the run with an error naming the step and the last good
+            checkpoint, or "skip" the batch (no optimizer step) up to `max_nonfinite` times, then stop.
     """
 
     def __init__(
@@ -106,8 +112,19 @@ class ClassificationModule(L.LightningModule):
         compile: bool = False,
         channels_last: bool = False,
         run_config: Mapping | None = None,
+        on_nonfinite: str = "stop",
+        max_nonfinite: int = 10,
     ):
         super().__init__()
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"module.label_smoothing={label_smoothing} must be in [0, 1)")
+        for key, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if value < 0:
+                raise ValueError(f"module.{key}={value} must be >= 0 (0 turns it off)")
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"module.on_nonfinite={on_nonfinite!r} must be stop or skip")
+        if optim.get("warmup_epochs", 0) < 0:
+            raise ValueError(f"optim.warmup_epochs={optim['warmup_epochs']} must be >= 0")
         # Plain containers only: checkpoints must load with torch.load(weights_only=True).
         optim = OmegaConf.to_container(optim, resolve=True) if isinstance(optim, DictConfig) else dict(optim)
         if isinstance(run_config, DictConfig):
@@ -123,7 +140,7 @@ class ClassificationModule(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self._epoch_images = 0
+        self._epoch_images = self._nonfinite = 0
         self._epoch_start = self._epoch_train_time = 0.0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -140,11 +157,31 @@ class ClassificationModule(L.LightningModule):
             )
         logits = self(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        if not self._finite_or_skip(loss, batch_idx):
+            return None  # Lightning skips the backward pass and the optimizer step
         self.train_metrics.update(logits, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
         self._epoch_images += len(labels)
         return loss
+
+    def _finite_or_skip(self, loss: torch.Tensor, batch_idx: int) -> bool:
+        """True for a finite loss; False to skip the batch (on_nonfinite=skip); else a one-line error. Decided on all
+        ranks together, so DDP never waits on a rank that skipped."""
+        if self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
+            return True
+        self._nonfinite += 1
+        where = f"step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        if self.hparams.on_nonfinite == "skip" and self._nonfinite <= self.hparams.max_nonfinite:
+            rank_zero_warn(f"non-finite loss at {where}: batch skipped ({self._nonfinite} of module.max_nonfinite)")
+            return False
+        # The newest checkpoint any ModelCheckpoint wrote (last.ckpt has its own callback, see conf/callbacks/).
+        saved = {p for c in self.trainer.checkpoint_callbacks for p in (c.last_model_path, c.best_model_path) if p}
+        last = max((p for p in saved if os.path.exists(p)), key=os.path.getmtime, default=None)
+        raise FloatingPointError(
+            f"non-finite loss ({loss.item()}) at {where}; last good checkpoint: {last or 'none yet'}"
+            + ("" if self.hparams.on_nonfinite == "skip" else " (module.on_nonfinite=skip skips such batches)")
+        )
 
     def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> None:
         images, labels = batch
@@ -182,9 +219,12 @@ class ClassificationModule(L.LightningModule):
             batch = self.trainer.train_dataloader.batch_size
             scale = batch * self.trainer.world_size * self.trainer.accumulate_grad_batches / optim["lr_batch_size"]
         kwargs = dict(optim["optimizer"])
-        optimizer_class = get_class(kwargs.pop("_target_"))
-        kwargs["lr"] *= scale
-        optimizer = optimizer_class(param_groups(self.model, kwargs.pop("weight_decay", 0.0)), **kwargs)
+        try:
+            optimizer_class = get_class(kwargs.pop("_target_"))
+            kwargs["lr"] *= scale
+            optimizer = optimizer_class(param_groups(self.model, kwargs.pop("weight_decay", 0.0)), **kwargs)
+        except Exception as error:
+            raise ValueError(f"optim.optimizer: {one_line(error)}") from error
         max_epochs = self.trainer.max_epochs
         warmup_steps = round(optim["warmup_epochs"] * total_steps / max_epochs) if max_epochs and max_epochs > 0 else 0
         scheduler = warmup_cosine(
@@ -204,6 +244,7 @@ class ClassificationModule(L.LightningModule):
         self._resumed_rng_states = checkpoint.get("rng_states")
 
     def on_train_start(self) -> None:
+        self._epoch_start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start
         states, self._resumed_rng_states = getattr(self, "_resumed_rng_states", None), None
         if states:
             torch.set_rng_state(states["torch"])
@@ -211,3 +252,20 @@ class ClassificationModule(L.LightningModule):
             random.setstate((version, tuple(state), gauss))
             if "cuda" in states and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def check_checkpoint(path: str, module: nn.Module) -> None:
+    """A one-line error naming `path` unless it is a readable training checkpoint of `module`'s architecture
+    (Lightning's own errors span many lines and name neither the file nor the option)."""
+    try:
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["state_dict"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"ckpt_path={path}: no such file") from None
+    except Exception as error:
+        raise ValueError(f"ckpt_path={path} is not a readable training checkpoint ({one_line(error)})") from None
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    for key in sorted(own.keys() | shapes.keys()):
+        if own.get(key) != shapes.get(key):
+            there, here = shapes.get(key, "absent"), own.get(key, "absent")
+            raise ValueError(f"ckpt_path={path} is a checkpoint of another model: {key} is {there} there, {here} here")

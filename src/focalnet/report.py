@@ -50,7 +50,8 @@ def _hydra_overrides(folder: Path) -> dict:
 
 def _missing_row(folder: Path, error: str) -> dict:
     overrides = {k: _normalize(v) for k, v in _hydra_overrides(folder).items()}
-    job_num = int(folder.name) if folder.name.isdigit() else None
+    number = folder.name.split("_", 1)[0]  # job folders are <number>_<overrides>
+    job_num = int(number) if number.isdigit() else None
     return {"job_num": job_num, "status": "missing", "overrides": overrides, "seed": overrides.get("seed"),
             **dict.fromkeys(STATS + METRICS), "error": error, "run_dir": str(folder)}
 

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shlex
 import subprocess
 import sys
@@ -14,11 +15,28 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-PACKAGES = ("focalnet", "torch", "lightning", "torchmetrics", "hydra-core", "omegaconf", "wandb", "kornia")
+from omegaconf import OmegaConf
+
+PACKAGES = ("focalnet", "torch", "lightning", "torchmetrics", "hydra-core", "omegaconf", "wandb", "kornia",
+            "hydra-optuna-sweeper", "optuna", "hydra-joblib-launcher", "hydra-submitit-launcher")
+JOB_DIRNAME_MAX = 100  # characters of the overrides in a job folder's name (the job number keeps names unique)
+
+
+def job_dirname(num: int, overrides: str) -> str:
+    """A sweep job's folder name: its number, then its overrides (hydra.job.override_dirname), filesystem-safe."""
+    overrides = re.sub(r"[^\w.+@-]", "_", overrides)[:JOB_DIRNAME_MAX]
+    return f"{num}_{overrides}" if overrides else str(num)
+
+
+# Resolvers of conf/hydra/default.yaml, registered before Hydra composes it. `uid` is cached per config, so the run
+# or sweep folder and every job of a sweep (joblib workers get the cache too) see the same one.
+if not OmegaConf.has_resolver("uid"):
+    OmegaConf.register_new_resolver("uid", lambda: secrets.token_hex(3), use_cache=True)
+    OmegaConf.register_new_resolver("job_dirname", job_dirname)
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def one_line(error: BaseException) -> str:
@@ -45,8 +63,12 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def git_info(path: Path | None = None) -> dict[str, Any] | None:
-    """Commit and dirtiness of the checkout that holds the code; None for an installed wheel or no git."""
+def git_info(path: Path | None = None, run_dir: Path | None = None) -> dict[str, Any] | None:
+    """Commit and dirtiness of the checkout that holds the code; None for an installed wheel or no git.
+
+    A dirty checkout's `git diff HEAD` goes to <run_dir>/git.diff (its path under "diff"): with the commit it is
+    the code that ran, but for files git does not track yet.
+    """
     path = path or Path(__file__).resolve().parent
     try:
         run = lambda *args: subprocess.run(  # noqa: E731
@@ -59,7 +81,11 @@ def git_info(path: Path | None = None) -> dict[str, Any] | None:
             commit = run("rev-parse", "HEAD")
         except subprocess.CalledProcessError:
             commit = None  # a repository without commits yet
-        return {"commit": commit, "dirty": bool(run("status", "--porcelain"))}
+        info = {"commit": commit, "dirty": bool(run("status", "--porcelain")), "diff": None}
+        if info["dirty"] and commit and run_dir is not None:
+            info["diff"] = str(Path(run_dir, "git.diff").absolute())
+            Path(info["diff"]).write_text(run("diff", "HEAD") + "\n")
+        return info
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -91,6 +117,8 @@ def job_info(app: str) -> dict[str, Any]:
     overrides = list(hydra.overrides.task)
     multirun = hydra.mode == RunMode.MULTIRUN
     return {
+        "host": platform.node(),
+        "pid": os.getpid(),
         "overrides": parse_overrides(overrides),
         "override_string": ",".join(overrides),
         "job_num": hydra.job.get("num", 0) if multirun else 0,

@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from focalnet.runinfo import git_info, job_info, now, one_line, versions, write_json
+from focalnet.sweeps import apply_resume
 
 
 def config_dir() -> str:
@@ -49,7 +50,8 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
     rank_zero = rank_zero_only.rank == 0
     summary: dict[str, Any] = {"status": "running", "error": None, "task": cfg.get("task_name"), **info}
     summary["seed"] = cfg.get("seed")
-    summary.update(git=git_info(), versions=versions(), started_at=now(), finished_at=None)
+    summary.update(git=git_info(run_dir=run_dir if rank_zero else None), versions=versions(), started_at=now(),
+                   finished_at=None)
 
     def save() -> None:
         if rank_zero:
@@ -66,6 +68,13 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
             (run_dir / "error.log").write_text(traceback.format_exc())
         print(f"error: {summary['error']}", file=sys.stderr, flush=True)
         FAILED.append(str(run_dir))
+    except SystemExit as stop:  # SIGTERM/SIGUSR1 (Lightning's SIGTERMException, after saving last.ckpt) or Ctrl-C
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        signal_name = "SIGTERM" if isinstance(stop, SIGTERMException) else "Ctrl-C"
+        summary.update(status="interrupted", error=f"interrupted by {signal_name}; resume=auto continues the run")
+        # 128 + 15, a shell's code for a process SIGTERM ended: the job did not complete (a sweep stops here too).
+        raise SystemExit(143 if isinstance(stop, SIGTERMException) else stop.code) from None
     finally:
         summary.update(wall_time_s=round(time.perf_counter() - start, 3), finished_at=now())
         save()
@@ -91,18 +100,20 @@ def _finish(failed: bool) -> None:
         dist.destroy_process_group()
 
 
-def rerun_this_job_in_children(run_dir: Path) -> None:
+def rerun_this_job_in_children(run_dir: Path, *overrides: str) -> None:
     """Make Lightning's DDP launcher start the other ranks on exactly this job.
 
     The launcher re-executes sys.argv plus `hydra.run.dir=<HydraConfig run.dir>`. In a sweep that argv is the whole
-    sweep and run.dir a fresh timestamp; instead the children compose this job's saved config in this job's folder.
+    sweep and run.dir a fresh timestamp; instead the children compose this job's saved config in this job's folder,
+    plus `overrides` (decisions rank 0 took at the job's start, which the children must not take again).
     """
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.output_subdir is None:
         raise ValueError("hydra.output_subdir=null: multi-process training needs the job's saved config")
-    sys.argv[:] = [sys.argv[0], "--config-path", str(run_dir / hydra_cfg.output_subdir), "--config-name", "config"]
+    config_path = str(run_dir / hydra_cfg.output_subdir)
+    sys.argv[:] = [sys.argv[0], "--config-path", config_path, "--config-name", "config", *overrides]
     OmegaConf.set_readonly(hydra_cfg, False)
     hydra_cfg.run.dir = str(run_dir)
     OmegaConf.set_readonly(hydra_cfg, True)
@@ -135,6 +146,9 @@ def build_trainer(cfg: DictConfig, summary: dict):
         summary["wandb"] = {"project": wandb_cfg.project, "group": wandb_cfg.group, "mode": mode}
     from lightning.pytorch.callbacks import LearningRateMonitor
 
+    for key in ("max_epochs", "max_steps", "log_every_n_steps", "accumulate_grad_batches", "num_sanity_val_steps"):
+        if not isinstance(cfg.trainer.get(key, 0), (int, type(None))):
+            raise ValueError(f"trainer.{key}={cfg.trainer[key]!r} must be an integer")
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # logger=none: the learning rate has nowhere to go, and LearningRateMonitor would refuse to run
@@ -151,7 +165,14 @@ def train(cfg: DictConfig, summary: dict) -> None:
 
     import focalnet
     from focalnet.callbacks import FirstStepTimer
+    from focalnet.module import check_checkpoint
 
+    # Top-level keys have no schema to check them; Lightning would fail on them late, or silently misread them.
+    if cfg.seed is not None and (not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool)):
+        raise ValueError(f"seed={cfg.seed!r} must be an integer or null")
+    for key in ("test", "fail_fast"):
+        if not isinstance(cfg.get(key), bool):
+            raise ValueError(f"{key}={cfg.get(key)!r} must be true or false")
     summary["seed"] = L.seed_everything(cfg.seed, workers=True)
     choices = HydraConfig.get().runtime.choices
     summary["model"] = cfg.model.get("name") or "focalnet_card"
@@ -166,14 +187,19 @@ def train(cfg: DictConfig, summary: dict) -> None:
     # The resolved config plus the chosen group options travels to W&B and into every checkpoint.
     resolved = {**OmegaConf.to_container(cfg, resolve=True), "choices": _choices()}
     module = instantiate(cfg.module, model=model, optim=resolved["optim"], run_config=resolved, _recursive_=False)
+    if cfg.ckpt_path:
+        check_checkpoint(to_absolute_path(cfg.ckpt_path), module)
     trainer = build_trainer(cfg, summary)
     trainer.callbacks.append(FirstStepTimer(summary, started))
     for logger in trainer.loggers:
-        logger.log_hyperparams({**resolved, **stats})
-    if launches_processes(trainer):
-        rerun_this_job_in_children(Path(summary["run_dir"]))
-
+        logger.log_hyperparams({**resolved, **stats, "git": summary["git"], "command": summary["argv"]})
     ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
+    summary["resumed_from"] = ckpt_path
+    if launches_processes(trainer):
+        # resume=auto already chose the checkpoint (the children would read the summary rank 0 just rewrote).
+        rerun_this_job_in_children(Path(summary["run_dir"]), "resume=null", f'ckpt_path="{ckpt_path}"' if ckpt_path
+                                   else "ckpt_path=null")
+
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise RuntimeError("training was interrupted")
@@ -211,7 +237,11 @@ def report(summary: dict, trainer) -> None:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    summary = run_job("focalnet-train", cfg, train)
+    from hydra.core.hydra_config import HydraConfig
+
+    # resume=auto: a completed job is skipped (its recorded summary still feeds the sweeper), an unfinished one resumes.
+    done = apply_resume(cfg, Path(HydraConfig.get().runtime.output_dir))
+    summary = done or run_job("focalnet-train", cfg, train)
     # What an optimising sweeper (hparams_search=optuna) maximises; None marks a failed trial.
     return (summary.get("metrics") or {}).get(cfg.get("optimized_metric"))
 

@@ -1,6 +1,8 @@
 """Shared base: DataLoaders plus the on-device transform (to float, resize, augment while training, normalise)."""
 
-from collections.abc import Sequence
+import itertools
+import warnings
+from collections.abc import Iterator, Sequence
 
 import kornia.augmentation as K
 import lightning as L
@@ -9,6 +11,10 @@ from kornia.geometry.transform import resize
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from focalnet.data.augment import build_augment
+
+# Lightning warns on every mid-epoch resume that a loader without state_dict() starts its epoch over; ours does not
+# (VisionDataModule.state_dict).
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
 
 
 class VisionDataModule(L.LightningDataModule):
@@ -52,6 +58,22 @@ class VisionDataModule(L.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self._resume_at: dict | None = None
+
+    # Lightning keeps the datamodule's state_dict() in every checkpoint and restores it before it builds the loaders.
+    # A plain loader would start a mid-epoch checkpoint's epoch over (a preempted run), training on its first batches
+    # twice; resumed, this one leaves out by index, reading none of them, the batches done. The epoch matters too:
+    # with worker processes the first pass draws its indices before Lightning sets the sampler's epoch.
+    def state_dict(self) -> dict[str, int]:
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch:  # the epoch's training batches are done: a resumed run starts the next epoch
+            return {"epoch": self.trainer.current_epoch + 1, "batches": 0}
+        return {"epoch": self.trainer.current_epoch, "batches": progress.current.completed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = state or None
 
     def transform_batch(self, images: torch.Tensor, train: bool = False) -> torch.Tensor:
         """uint8 [0, 255] or float [0, 1] images -> normalised float at image_size, augmented when `train`."""
@@ -76,7 +98,11 @@ class VisionDataModule(L.LightningDataModule):
             # Shuffled by data.seed + epoch (Lightning calls set_epoch), whatever else drew from the global RNG: a run
             # resumed at epoch e draws the order the uninterrupted run drew. Lightning keeps a DistributedSampler as is.
             world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+            if self._resume_at:  # a run resumed from a checkpoint: start where it stopped (see state_dict)
+                sampler.set_epoch(self._resume_at["epoch"])
+                sampler.start = self._resume_at["batches"] * self.batch_size
+                self._resume_at = None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -97,6 +123,16 @@ class VisionDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set)
+
+
+class ResumableSampler(DistributedSampler):
+    """A DistributedSampler whose next pass can start part-way through its epoch's order (seed + epoch)."""
+
+    start = 0  # indices of the next pass to leave out: those a resumed run already trained on
+
+    def __iter__(self) -> Iterator[int]:
+        start, self.start = self.start, 0
+        return itertools.islice(super().__iter__(), start, None)
 
 
 def check_fixed(key: str, value, expected, dataset: str) -> None:

@@ -8,4 +8,12 @@ from focalnet.models.focalnet import (
 )
 from focalnet.models.stats import model_stats
 
-__all__ = ["MODEL_CONFIGS", "FocalNet", "convert_state_dict", "create_model", "list_models", "load_pretrained", "model_stats"]
+__all__ = [
+    "MODEL_CONFIGS",
+    "FocalNet",
+    "convert_state_dict",
+    "create_model",
+    "list_models",
+    "load_pretrained",
+    "model_stats",
+]

@@ -105,7 +105,11 @@ class FocalModulation(nn.Module):
         ctx_all = None
         for level, layer in enumerate(self.focal_layers):
             ctx = layer(ctx)
-            ctx_all = ctx * g[:, level : level + 1] if ctx_all is None else torch.addcmul(ctx_all, ctx, g[:, level : level + 1])
+            ctx_all = (
+                ctx * g[:, level : level + 1]
+                if ctx_all is None
+                else torch.addcmul(ctx_all, ctx, g[:, level : level + 1])
+            )
         if self.use_global_context:
             ctx_global = F.gelu(ctx.mean((2, 3), keepdim=True))
             gate = g[:, self.focal_level :]
@@ -121,7 +125,10 @@ class FocalModulation(nn.Module):
         return self.proj_drop(self.proj(out))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, kernel_sizes={self.kernel_sizes}, global_context={self.use_global_context}, gate_act={self.gate_act}"
+        return (
+            f"dim={self.dim}, kernel_sizes={self.kernel_sizes}, global_context={self.use_global_context}, "
+            f"gate_act={self.gate_act}"
+        )
 
 
 class Mlp(nn.Module):
@@ -186,7 +193,9 @@ class PatchEmbed(nn.Module):
         self.nhwc_in = nhwc_in
         kernel, padding = patch_size, 0
         if overlapped:
-            kernel, padding = {4: (7, 2), 2: (3, 1)}.get(patch_size, (patch_size + 1 + patch_size % 2, (patch_size + 1) // 2))
+            kernel, padding = {4: (7, 2), 2: (3, 1)}.get(
+                patch_size, (patch_size + 1 + patch_size % 2, (patch_size + 1) // 2)
+            )
         self.proj = nn.Conv2d(in_dim, out_dim, kernel, stride=patch_size, padding=padding)
         self.norm = nn.LayerNorm(out_dim)
 
@@ -199,7 +208,15 @@ class PatchEmbed(nn.Module):
 
 
 class FocalNetStage(nn.Module):
-    def __init__(self, dim: int, depth: int, out_dim: int | None, downsample_overlapped: bool, drop_path: Sequence[float], **block):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        out_dim: int | None,
+        downsample_overlapped: bool,
+        drop_path: Sequence[float],
+        **block,
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(FocalNetBlock(dim, drop_path=dp, **block) for dp in drop_path[:depth])
         self.downsample = PatchEmbed(dim, out_dim, 2, downsample_overlapped) if out_dim else None
@@ -295,7 +312,11 @@ class FocalNet(nn.Module):
             raise ValueError(f"patch_size={patch_size} must be >= 1")
         stride = patch_size * 2 ** (stages - 1)
         if image_size % stride:
-            what = f"patch_size={patch_size}" if stages == 1 else f"the total stride {stride} (patch_size={patch_size} x 2^{stages - 1})"
+            what = (
+                f"patch_size={patch_size}"
+                if stages == 1
+                else f"the total stride {stride} (patch_size={patch_size} x 2^{stages - 1})"
+            )
             raise ValueError(f"image_size={image_size} is not divisible by {what}")
         if gate_act not in GATE_ACTS:
             raise ValueError(f"gate_act={gate_act!r} is not one of {GATE_ACTS}")
@@ -464,7 +485,9 @@ MODEL_CONFIGS: dict[str, dict] = {
     "focalnet_huge_fl3": dict(_LARGE, embed_dim=352, focal_levels=3, use_postln_in_modulation=True),
     "focalnet_huge_fl4": dict(_LARGE, embed_dim=352, focal_levels=4, use_postln_in_modulation=True),
     # The design card's default: FocalNet.build() as it stands.
-    "focalnet_card": dict(patch_size=16, embed_dim=[256], depths=(4,), focal_levels=3, focal_kernel=3, drop_path_rate=0.0),
+    "focalnet_card": dict(
+        patch_size=16, embed_dim=[256], depths=(4,), focal_levels=3, focal_kernel=3, drop_path_rate=0.0
+    ),
 }
 
 
@@ -483,7 +506,9 @@ def create_model(name: str, num_classes: int | None = 1000, pretrained: str | No
         raise ValueError(f"unknown model name={name!r}{hint}")
     kwargs = dict(MODEL_CONFIGS[name])
     if "hidden_size" in overrides:
-        kwargs["embed_dim"] = [overrides.pop("hidden_size")] if len(kwargs["depths"]) == 1 else overrides.pop("hidden_size")
+        kwargs["embed_dim"] = (
+            [overrides.pop("hidden_size")] if len(kwargs["depths"]) == 1 else overrides.pop("hidden_size")
+        )
     if "num_layers" in overrides:
         layers = overrides.pop("num_layers")
         kwargs["depths"] = [layers] if isinstance(layers, int) else layers
@@ -496,6 +521,7 @@ def create_model(name: str, num_classes: int | None = 1000, pretrained: str | No
 
 # --------------------------------------------------------------------------------------------------------------
 # Checkpoints: official release (.pth with "model"), timm (.pth / .safetensors / hub id), Lightning, DDP prefixes.
+
 
 def convert_state_dict(state: dict[str, torch.Tensor], model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Map official or timm FocalNet keys (and Lightning `model.` / DDP `module.` prefixes) onto this model's names."""
@@ -542,13 +568,16 @@ def _download_from_hub(repo_id: str) -> Path:
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as e:
-        raise RuntimeError(f"pretrained={repo_id} is a hub id but huggingface_hub is not installed (pip install focalnet[hub])") from e
+        raise RuntimeError(
+            f"pretrained={repo_id} is a hub id but huggingface_hub is not installed (pip install focalnet[hub])"
+        ) from e
     try:
         return Path(hf_hub_download(repo_id, "model.safetensors"))
     except Exception as e:  # offline, unknown repo, no network: one line that says which
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise RuntimeError(
-            f"pretrained={repo_id}: could not fetch it from the Hugging Face hub (offline? {type(e).__name__}: {reason[:160]}); "
+            f"pretrained={repo_id}: could not fetch it from the Hugging Face hub "
+            f"(offline? {type(e).__name__}: {reason[:160]}); "
             "pass a local .pth/.safetensors file instead"
         ) from None
 
@@ -560,7 +589,9 @@ def load_pretrained(model: FocalNet, source: str | dict) -> FocalNet:
     head_keys = [k for k in ("head.weight", "head.bias") if k in state]
     if head_keys and ("head.weight" not in own or own["head.weight"].shape != state["head.weight"].shape):
         got = state["head.weight"].shape[0]
-        warnings.warn(f"pretrained head has {got} classes, the model {model.num_classes}: head re-initialised", stacklevel=2)
+        warnings.warn(
+            f"pretrained head has {got} classes, the model {model.num_classes}: head re-initialised", stacklevel=2
+        )
         for k in head_keys:
             del state[k]
         own_head = {k for k in own if k.startswith("head.")}
@@ -568,11 +599,15 @@ def load_pretrained(model: FocalNet, source: str | dict) -> FocalNet:
         own_head = set()
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
-            raise ValueError(f"checkpoint key {k} has shape {tuple(v.shape)} but the model expects {tuple(own[k].shape)}")
+            raise ValueError(
+                f"checkpoint key {k} has shape {tuple(v.shape)} but the model expects {tuple(own[k].shape)}"
+            )
     unexpected = [k for k in state if k not in own]
     missing = [k for k in own if k not in state and k not in own_head]
     if unexpected or missing:
         first = f"unexpected key {unexpected[0]}" if unexpected else f"missing key {missing[0]}"
-        raise ValueError(f"checkpoint does not fit the model: {first} ({len(unexpected)} unexpected, {len(missing)} missing)")
+        raise ValueError(
+            f"checkpoint does not fit the model: {first} ({len(unexpected)} unexpected, {len(missing)} missing)"
+        )
     model.load_state_dict(state, strict=not own_head)
     return model

@@ -1,0 +1,61 @@
+"""Trainer plugins and logger wrappers the configs name with `_target_` (conf/trainer/default.yaml, conf/logger/)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import wandb
+from lightning.fabric.plugins.io import TorchCheckpointIO
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.utilities import rank_zero_warn
+
+from focalnet.runinfo import one_line
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to `<name>.tmp` beside it, flushes it to disk, then renames it into place: a kill at
+    any moment leaves the previous file whole and loadable.
+
+    Lightning's own save stages the file in the system temp folder and `shutil.move`s it, a copy that a kill can cut
+    short when that folder is on another filesystem than the run (a cluster's local /tmp and shared storage).
+    Remote paths (s3://, ...) still go through Lightning's fsspec writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+        if "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as file:
+            torch.save(checkpoint, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+
+
+class WandbLogger(LightningWandbLogger):
+    """Lightning's WandbLogger, except that a run W&B cannot start online (no network, an invalid API key, the server
+    down) is logged offline into the same folder, with one warning, instead of failing the training: nothing is
+    lost, and `wandb sync <folder>` uploads it later. A W&B folder it cannot write to, W&B replaces with the system
+    temp folder itself (the run's report prints where).
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None and not self._offline:
+            try:
+                return LightningWandbLogger.experiment.fget(self)
+            except Exception as error:  # wandb.errors.AuthenticationError, CommError (after settings.init_timeout), ...
+                rank_zero_warn(f"W&B could not start online ({one_line(error)}); logging offline instead")
+                self._offline = True
+                # Offline needs no key, and W&B rejects a malformed one even then; teardown() drops the settings
+                # the failed attempt cached.
+                os.environ.pop("WANDB_API_KEY", None)
+                wandb.teardown()
+        return LightningWandbLogger.experiment.fget(self)

@@ -1,0 +1,109 @@
+"""Sweeps that finish: resume=auto, the sweep's Hydra callback, and one GPU group per parallel job process."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def resume_state(run_dir: Path) -> tuple[str, dict | None]:
+    """resume=auto's rule: completed -> "skip"; a checkpoints/last.ckpt and not failed -> "resume"; else "scratch"."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    status = summary.get("status") if isinstance(summary, dict) else None
+    if status == "completed":
+        return "skip", summary
+    if status != "failed" and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return "resume", summary
+    return "scratch", summary
+
+
+def apply_resume(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """With resume=auto: a completed job's summary (the caller skips the job), else None after pointing
+    cfg.ckpt_path at the job's last.ckpt when it should resume. A ckpt_path given by the user wins."""
+    resume = cfg.get("resume")
+    if resume is None:
+        return None
+    if resume != "auto":
+        raise ValueError(f"resume={resume!r}: expected null or auto")
+    state, summary = resume_state(run_dir)
+    if state == "skip":
+        print(f"resume=auto: {run_dir} completed earlier, skipped", flush=True)
+        return summary
+    if state == "resume" and not cfg.ckpt_path:
+        cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
+    return None
+
+
+class SweepCallback(Callback):
+    """Hydra callback of every focalnet run (conf/hydra/default.yaml)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # The Optuna sweeper opens its SQLite study in the sweep folder before any job creates that folder.
+        sweep_dir = Path(config.hydra.sweep.dir).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        # Its name holds the start time and a random id: resuming the sweep means passing it back.
+        print(f"sweep folder: {sweep_dir}  (to resume: the same command + hydra.sweep.dir={sweep_dir} resume=auto)",
+              flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        # Jobs run by a parallel launcher fail in its worker processes, so their failures are not in this process's
+        # FAILED list; their summaries say so and make the command exit 1 too.
+        from focalnet.train import FAILED
+
+        for path in Path(config.hydra.sweep.dir).glob("*/summary.json"):
+            try:
+                failed = json.loads(path.read_text()).get("status") == "failed"
+            except (OSError, ValueError, AttributeError):
+                continue
+            if failed and str(path.parent.absolute()) not in FAILED:
+                FAILED.append(str(path.parent.absolute()))
+
+
+_claimed: list = []  # the lock file this process holds on its GPU group
+
+
+class PinDevices(Callback):
+    """Pin each job process of a parallel launcher to its own group of `gpus_per_job` GPUs.
+
+    A process claims the first free group (a lock file per group in the sweep folder) at its first job and keeps it
+    while it lives: joblib reuses its worker processes, and CUDA reads CUDA_VISIBLE_DEVICES once per process.
+    Without GPUs (or with fewer than one group) it does nothing.
+    """
+
+    def __init__(self, gpus_per_job: int = 1) -> None:
+        self.gpus_per_job = gpus_per_job
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if _claimed:
+            os.environ["CUDA_VISIBLE_DEVICES"] = _claimed[1]
+            return
+        import torch
+
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+        k = self.gpus_per_job
+        groups = [",".join(gpus[i : i + k]) for i in range(0, len(gpus) - k + 1, k)]
+        if len(groups) < 2:
+            return
+        locks = Path(config.hydra.sweep.dir) / ".gpu_locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        for i, group in enumerate(groups):
+            lock = open(locks / f"{i}.lock", "w")  # noqa: SIM115 (held until the process ends)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock.close()
+                continue
+            _claimed[:] = [lock, group]
+            os.environ["CUDA_VISIBLE_DEVICES"] = group
+            return
+        raise RuntimeError(f"hydra.launcher.n_jobs is larger than the {len(groups)} groups of {k} GPUs ({gpus})")

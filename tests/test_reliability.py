@@ -1,0 +1,297 @@
+"""Runs survive preemption (SIGTERM), hard kills (SIGKILL), non-finite losses, W&B faults and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import BIN, QUICK, TINY, read_summary, run_cli
+from focalnet import train
+from focalnet.plugins import AtomicCheckpointIO
+
+EPOCH_BATCHES = 79  # digits' 1257 training images in batches of 16 (QUICK)
+
+
+def start_and_signal(run_dir: Path, signum: int, epoch: int, batch: int, cwd: Path, *extra: str) -> subprocess.Popen:
+    """Start the QUICK run with its progress bar on and send `signum` once it reports `batch` of `epoch`."""
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+    env.pop("HYDRA_FULL_ERROR", None)
+    args = [*QUICK, "callbacks.progress_bar.refresh_rate=1", "logger=csv", f"hydra.run.dir={run_dir}", *extra]
+    args.remove("callbacks.progress_bar=null")
+    process = subprocess.Popen(
+        [str(BIN / "focalnet-train"), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    progress, output, deadline = re.compile(rb"Epoch (\d+):[^|]*\|[^|]*\| (\d+)/"), b"", time.monotonic() + 240
+    while time.monotonic() < deadline and select.select([process.stdout], [], [], deadline - time.monotonic())[0]:
+        chunk = os.read(process.stdout.fileno(), 1 << 16)
+        if not chunk:
+            break
+        output = (output + chunk)[-4000:]
+        seen = progress.findall(output)
+        if seen and (int(seen[-1][0]), int(seen[-1][1])) >= (epoch, batch):
+            process.send_signal(signum)
+            break
+    else:
+        process.kill()
+        pytest.fail(f"the run never reached epoch {epoch}, batch {batch}: {output[-2000:]!r}")
+    process.communicate(timeout=120)
+    return process
+
+
+def assert_same_metrics(run_dir: Path, reference: Path) -> None:
+    resumed, full = read_summary(run_dir)["metrics"], read_summary(reference)["metrics"]
+    keys = [k for k in full if k.startswith(("test/", "val/", "train/")) and k != "train/images_per_s"]
+    assert len(keys) >= 10
+    for key in keys:
+        assert resumed[key] == pytest.approx(full[key], abs=1e-6), key
+
+
+def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_metrics(trained_run, tmp_path):
+    run_dir = tmp_path / "run"
+    process = start_and_signal(run_dir, signal.SIGTERM, epoch=0, batch=20, cwd=tmp_path)
+    assert process.returncode == 143
+    summary = read_summary(run_dir)
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["error"]
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["last.ckpt"]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    done = checkpoint["global_step"]
+    assert 20 <= done < EPOCH_BATCHES and checkpoint["epoch"] == 0  # really mid-epoch
+    assert checkpoint["DigitsDataModule"] == {"epoch": 0, "batches": done}
+
+    # The same command again, resume=auto: continues from checkpoints/last.ckpt.
+    args = [*QUICK, "logger=csv", f"hydra.run.dir={run_dir}", "resume=auto"]
+    result = run_cli("focalnet-train", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_summary(run_dir)["status"] == "completed"
+    assert_same_metrics(run_dir, trained_run)
+
+
+def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint_and_the_run_resumes(tmp_path):
+    run_dir, shorter = tmp_path / "run", ("trainer.max_epochs=2", "trainer.limit_train_batches=30")
+    process = start_and_signal(run_dir, signal.SIGKILL, 1, 10, tmp_path, *shorter)
+    assert process.returncode == -signal.SIGKILL
+    assert read_summary(run_dir)["status"] == "running"  # nothing could record the kill
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 30  # the end of epoch 0: what epoch 1 had done is lost
+    args = [*QUICK, *shorter, "logger=csv", f"hydra.run.dir={run_dir}", "resume=auto"]
+    result = run_cli("focalnet-train", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(run_dir)
+    assert summary["status"] == "completed" and summary["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("killed half-way through the write")
+
+
+def test_a_checkpoint_write_cut_short_leaves_the_previous_file_whole(tmp_path):
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1, "weights": torch.ones(1000)}, path)
+    with pytest.raises(RuntimeError, match="half-way"):
+        AtomicCheckpointIO().save_checkpoint({"step": 2, "weights": torch.zeros(1000), "x": Unpicklable()}, path)
+    kept = torch.load(path, weights_only=True)
+    assert kept["step"] == 1 and torch.equal(kept["weights"], torch.ones(1000))
+    assert sorted(p.name for p in path.parent.glob("*.ckpt")) == ["last.ckpt"]
+
+
+# A subprocess whose training batch `STEP` is all NaN (as a diverging run's would be): the CLI's own main().
+NAN_AT_STEP = """
+import sys
+import torch
+from focalnet.module import ClassificationModule
+from focalnet.train import main
+
+step = ClassificationModule.training_step
+poisoned = []
+def training_step(self, batch, batch_idx):
+    if self.global_step == {step} and not poisoned:
+        poisoned.append(True)
+        batch = (torch.full_like(batch[0], float("nan")), batch[1])
+    return step(self, batch, batch_idx)
+ClassificationModule.training_step = training_step
+sys.argv = ["focalnet-train", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_a_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(mode, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=3", "logger=csv"]
+    env = dict(os.environ, WANDB_MODE="offline")
+    env.pop("HYDRA_FULL_ERROR", None)
+    result = subprocess.run(
+        [sys.executable, "-c", NAN_AT_STEP.format(step=4), *overrides, f"module.on_nonfinite={mode}",
+         f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if mode == "stop":
+        assert result.returncode == 1
+        line = result.stderr.strip().splitlines()[-1]
+        assert line == (
+            f"error: non-finite loss (nan) at step 4 (epoch 1, batch 1); last good checkpoint: {last} "
+            "(module.on_nonfinite=skip skips such batches)"
+        )
+        assert read_summary(run_dir)["status"] == "failed"
+        assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3  # epoch 0's, untouched
+    else:
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stderr.count("non-finite loss at step 4 (epoch 1, batch 1): batch skipped") == 1
+        summary = read_summary(run_dir)
+        assert summary["status"] == "completed" and all(
+            v == v and abs(v) != float("inf") for v in summary["metrics"].values()
+        )
+        weights = torch.load(last, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(w).all() for w in weights.values())  # the NaN batch never reached the weights
+
+
+def test_wandb_with_an_invalid_key_falls_back_to_offline_and_finishes(tmp_path):
+    env = dict(os.environ, WANDB_MODE="online", WANDB_API_KEY="bad", WANDB_DIR=str(tmp_path), WANDB_INIT_TIMEOUT="5")
+    env.pop("HYDRA_FULL_ERROR", None)
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(BIN / "focalnet-train"), *TINY, "logger.wandb.offline=false", "trainer.deterministic=true",
+         f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.monotonic() - started < 60
+    output = result.stdout + result.stderr
+    assert output.count("UserWarning: W&B could not start online") == 1 and "API key" in output
+    assert read_summary(run_dir)["status"] == "completed"
+    (offline_run,) = run_dir.glob("wandb/offline-run-*")  # everything logged, for `wandb sync`
+    assert list(offline_run.glob("run-*.wandb")) and f"wandb sync {offline_run}" in result.stdout
+
+
+def test_deterministic_is_passed_to_the_trainer(tmp_path):
+    """trainer.deterministic=true reaches Lightning, which turns on torch's deterministic algorithms (the W&B run
+    above trains with it; tests/test_resumable_sweeps.py checks that equal seeds give equal metrics)."""
+    from test_config import compose_train
+
+    try:
+        trainer = train.build_trainer(compose_train(["trainer.deterministic=true", "logger=csv"], tmp_path), {})
+        assert torch.are_deterministic_algorithms_enabled() and trainer is not None
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+ANOTHER_MODEL = "another_model.ckpt"
+CORRUPT = "corrupt.ckpt"
+A_FILE = "a_file"
+# (overrides, what the one-line error must name); {tmp} is the test's folder. Nothing is trained in any of them.
+BAD_INPUT = [
+    (["nope=1"], "'nope'"),
+    (["model.nope=1"], "'model.nope'"),
+    (["data.augment.nope=1"], "'data.augment.nope'"),
+    (["model=focalnet_nope"], "model/focalnet_nope"),
+    (["data=nope"], "data/nope"),
+    (["trainer=nope"], "trainer/nope"),
+    (["logger=nope"], "logger/nope"),
+    (["trainer.max_epochs=abc"], "trainer.max_epochs='abc'"),
+    (["data.batch_size=abc"], "data.batch_size='abc'"),
+    (["data.batch_size=0"], "data.batch_size=0"),
+    (["data.num_workers=-1"], "data.num_workers=-1"),
+    (["seed=abc"], "seed='abc'"),
+    (["test=maybe"], "test='maybe'"),
+    (["model.focal_levels=-1"], "focal_levels=-1"),
+    (["model.focal_kernel=4"], "focal_kernel=4"),
+    (["data.image_size=30"], "image_size=30 is not divisible by patch_size=4"),
+    (["model.patch_size=0"], "patch_size=0"),
+    (["model.drop_path_rate=2"], "drop_path_rate=2"),
+    (
+        ["model=focalnet_tiny_srf", "data.image_size=32", "+model.focal_levels=[2,2]"],
+        "focal_levels=[2, 2] has 2 entries",
+    ),
+    (["model=focalnet_tiny_srf", "data.image_size=32", "model.name=focalnet_nope"], "name='focalnet_nope'"),
+    (["data=cifar10", "data.root={tmp}/nowhere"], "data.root={tmp}/nowhere"),
+    (["data=imagefolder", "data.root={tmp}/nowhere"], "data.root={tmp}/nowhere"),
+    (["data=imagefolder"], "data.root is not set"),
+    (["data.num_classes=5"], "data.num_classes=5"),
+    (["data.val_fraction=1.5"], "data.val_fraction=1.5"),
+    (["ckpt_path={tmp}/nowhere.ckpt"], "ckpt_path={tmp}/nowhere.ckpt"),
+    ([f"ckpt_path={{tmp}}/{CORRUPT}"], f"ckpt_path={{tmp}}/{CORRUPT} is not a readable training checkpoint"),
+    ([f"ckpt_path={{tmp}}/{ANOTHER_MODEL}"], f"ckpt_path={{tmp}}/{ANOTHER_MODEL} is a checkpoint of another model"),
+    (["trainer.accelerator=gpu"], "trainer: No supported gpu backend"),
+    (["trainer.precision=bogus"], "Precision 'bogus' is invalid"),
+    (["trainer.limit_train_batches=-1"], "limit_train_batches"),
+    (["optim.optimizer.lr=-1"], "optim.optimizer: Invalid learning rate"),
+    (["optim.optimizer._target_=torch.optim.Nope"], "optim.optimizer: Error loading 'torch.optim.Nope'"),
+    (["optim.warmup_epochs=-1"], "optim.warmup_epochs=-1"),
+    (["module.label_smoothing=2"], "module.label_smoothing=2"),
+    (["module.on_nonfinite=nope"], "module.on_nonfinite='nope'"),
+    ([f"hydra.run.dir={{tmp}}/{A_FILE}/run"], f"Not a directory: '{{tmp}}/{A_FILE}/run'"),  # an unwritable run folder
+    # Multi-process and launcher cases run as the CLI in a subprocess.
+    (["-m", "hydra/launcher=nope", "SUBPROCESS"], "hydra/launcher/nope"),
+    (["trainer=ddp_cpu", "hydra.output_subdir=null", "SUBPROCESS"], "hydra.output_subdir=null"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> Path:
+    """A corrupt checkpoint, a checkpoint of another (wider) model, a file where a folder should be."""
+    from focalnet import FocalNet
+
+    folder = tmp_path_factory.mktemp("bad")
+    (folder / CORRUPT).write_bytes(b"not a checkpoint\x00\x01")
+    (folder / A_FILE).write_text("a file\n")
+    model = FocalNet.build(image_size=32, patch_size=4, in_channels=1, hidden_size=48, num_layers=1, num_classes=10)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "epoch": 0, "global_step": 0}, folder / ANOTHER_MODEL)
+    return folder
+
+
+def run_in_process(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """focalnet-train's main() in this process (3-10x faster than a subprocess for runs that fail before training)."""
+    monkeypatch.setattr(sys, "argv", ["focalnet-train", *args])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(train, "FAILED", [])
+    code = 0
+    try:
+        train.main()
+    except SystemExit as stop:
+        code = stop.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("overrides,names", BAD_INPUT, ids=[" ".join(o) for o, _ in BAD_INPUT])
+def test_bad_input_fails_in_one_line_and_leaves_nothing_half_written(overrides, names, bad_files, capsys, monkeypatch):
+    tmp = bad_files
+    run_dir = tmp / f"run-{BAD_INPUT.index((overrides, names))}"
+    args = [o.format(tmp=tmp) for o in overrides if o != "SUBPROCESS"]
+    base = [o for o in TINY if not (o.startswith("model.") and any(a.startswith("model=") for a in args))]
+    flags = [a for a in args if a.startswith("-")]  # Hydra's -m goes before the overrides
+    args = [*flags, *base, "logger=csv", f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={run_dir}",
+            *[a for a in args if a not in flags]]  # fmt: skip
+    if "SUBPROCESS" in overrides:
+        result = run_cli("focalnet-train", *args, cwd=tmp)
+        code, stderr = result.returncode, result.stderr
+    else:
+        monkeypatch.chdir(tmp)
+        code, stderr = run_in_process(args, capsys, monkeypatch)
+    error = stderr.strip().splitlines()[-1]
+    assert code == 1 and error.startswith("error: ") and names.format(tmp=tmp) in error, stderr[-3000:]
+    assert "Traceback" not in stderr and [line for line in stderr.splitlines() if line.startswith("error:")] == [error]
+    # Nothing half-written: no run folder at all (the config never composed), or one whose summary says "failed"
+    # with that error and that holds no checkpoint, no temporary file and no logged metrics (the logger may have
+    # recorded the config of the failed run).
+    if run_dir.exists():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "failed" and f"error: {summary['error']}" == error
+        assert not [p for p in run_dir.rglob("*") if p.suffix in (".ckpt", ".tmp")]
+        assert not (run_dir / "csv" / "metrics.csv").exists()

@@ -1,0 +1,228 @@
+"""Sweeps that finish: a killed sweep resumed with resume=auto, an interrupted job continuing from its last.ckpt,
+jobs in parallel (hydra/launcher=parallel), folders that never collide, and what a run folder records to be rerun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import BIN, TINY, job_dir, read_summary, run_cli
+from focalnet.sweeps import apply_resume, resume_state
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP = ("-m", "model.focal_levels=1,2", "seed=0,1", *TINY, "logger=csv", "hydra.sweep.dir=sweep")  # 4 jobs
+
+
+def files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Bytes and mtime of every file of a job folder but .hydra/ (Hydra rewrites it before the app starts)."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file() and ".hydra" not in p.parts}
+
+
+def same_but_speed(a: dict, b: dict) -> bool:
+    return {k: v for k, v in a.items() if k != "train/images_per_s"} == {
+        k: v for k, v in b.items() if k != "train/images_per_s"}
+
+
+def test_killed_sweep_finishes_with_resume_auto(tmp_path):
+    (tmp_path / "wandb-home").mkdir()
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(tmp_path / "wandb-home"))
+    sweep = tmp_path / "sweep"
+    # A real kill (SIGKILL to the whole process group) once two jobs have completed.
+    proc = subprocess.Popen([str(BIN / "focalnet-train"), *SWEEP], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    done: list[Path] = []
+    while len(done) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        done = [p.parent for p in sweep.glob("*/summary.json") if read_summary(p.parent)["status"] == "completed"]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [p.parent for p in sweep.glob("*/summary.json") if read_summary(p.parent)["status"] == "completed"]
+    assert 2 <= len(done) < 4
+    before = {job: files(job) for job in done}
+
+    result = run_cli("focalnet-train", *SWEEP, "resume=auto", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The same 4 folders (resume=auto is not part of their names), all completed; the finished jobs were skipped
+    # without a byte or mtime changed, the others trained.
+    jobs = [job_dir(sweep, num) for num in range(4)]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == sorted(p.name for p in jobs)
+    assert [read_summary(job)["status"] for job in jobs] == ["completed"] * 4
+    assert {job: files(job) for job in done} == before
+    assert result.stdout.count("completed earlier, skipped") == len(done)
+    assert [(read_summary(j)["overrides"]["model.focal_levels"], read_summary(j)["seed"]) for j in jobs] == [
+        (1, 0), (1, 1), (2, 0), (2, 1)]
+
+    from focalnet.report import main
+
+    main([str(sweep)])
+    with open(sweep / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["job_num"], r["status"]) for r in rows] == [(str(n), "completed") for n in range(4)]
+    assert "jobs: 4, completed: 4, failed: 0" in (sweep / "results.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedProcess, tuple[str, ...]]:
+    """A 2-epoch run, put back into the state a kill after its first epoch leaves (last.ckpt of epoch 0, summary
+    "running"), then the same command with resume=auto: (run folder, uninterrupted summary, resumed process,
+    the overrides)."""
+    cwd = tmp_path_factory.mktemp("interrupted")
+    run = cwd / "run"
+    command = (*TINY, "trainer.max_epochs=2", "logger=csv", "callbacks.model_checkpoint.save_top_k=-1",
+               f"hydra.run.dir={run}")
+    result = run_cli("focalnet-train", *command, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    uninterrupted = read_summary(run)
+    ckpts = run / "checkpoints"
+    (ckpts / "epoch001.ckpt").unlink()
+    (ckpts / "last.ckpt").write_bytes((ckpts / "epoch000.ckpt").read_bytes())
+    (run / "summary.json").write_text(json.dumps({**uninterrupted, "status": "running", "metrics": None}))
+    return run, uninterrupted, run_cli("focalnet-train", *command, "resume=auto", cwd=cwd), command
+
+
+def test_interrupted_job_continues_from_its_checkpoint(interrupted_run):
+    run, uninterrupted, result, _ = interrupted_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(run)
+    assert summary["status"] == "completed" and summary["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
+    assert uninterrupted["resumed_from"] is None
+    # Only the second epoch was trained (the CSV log starts afresh with it), and the run ends exactly where the
+    # uninterrupted one did.
+    with open(run / "csv" / "metrics.csv") as f:
+        assert {int(r["epoch"]) for r in csv.DictReader(f) if r["train/loss_epoch"]} == {1}
+    assert summary["best"] == uninterrupted["best"] == {"val/acc_top1": summary["best"]["val/acc_top1"], "epoch": 1}
+    assert same_but_speed(summary["metrics"], uninterrupted["metrics"])
+
+
+def test_resume_rule(tmp_path):
+    def job(name: str, status: str | None, ckpt: bool) -> Path:
+        folder = tmp_path / name
+        (folder / "checkpoints").mkdir(parents=True)
+        if status:
+            (folder / "summary.json").write_text(json.dumps({"status": status, "metrics": {"val/acc_top1": 0.5}}))
+        if ckpt:
+            (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        return folder
+
+    assert resume_state(job("done", "completed", True))[0] == "skip"
+    assert resume_state(job("killed", "running", True))[0] == "resume"
+    assert resume_state(job("failed", "failed", True))[0] == "scratch"
+    assert resume_state(job("early", "running", False))[0] == "scratch"
+    assert resume_state(job("none", None, False))[0] == "scratch"
+
+    cfg = OmegaConf.create({"resume": "auto", "ckpt_path": None})
+    assert apply_resume(cfg, tmp_path / "done") == {"status": "completed", "metrics": {"val/acc_top1": 0.5}}
+    assert apply_resume(cfg, tmp_path / "killed") is None
+    assert cfg.ckpt_path == str(tmp_path / "killed" / "checkpoints" / "last.ckpt")
+    given = OmegaConf.create({"resume": "auto", "ckpt_path": "mine.ckpt"})  # the user's ckpt_path wins
+    assert apply_resume(given, tmp_path / "killed") is None and given.ckpt_path == "mine.ckpt"
+    off = OmegaConf.create({"resume": None, "ckpt_path": None})
+    assert apply_resume(off, tmp_path / "done") is None and off.ckpt_path is None
+    with pytest.raises(ValueError, match="^resume='yes': expected null or auto$"):
+        apply_resume(OmegaConf.create({"resume": "yes", "ckpt_path": None}), tmp_path / "done")
+
+
+def test_parallel_jobs(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher", reason="no hydra-joblib-launcher (extra: parallel)")
+    # 2 worker processes, W&B offline in each; seed 0 twice, then 1, then -1 (out of numpy's bounds: fails).
+    result = run_cli("focalnet-train", "-m", "hydra/launcher=parallel", "seed=0,0,1,-1", *TINY,
+                     "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 1  # the failure happened in a worker process, and still sets the exit code
+    first, again, other, bad = (read_summary(job_dir(tmp_path / "sweep", n)) for n in range(4))
+    assert bad["status"] == "failed" and bad["error"].startswith("-1 is not in bounds")
+    assert f"error: {bad['error']}" in result.stderr
+    for s in (first, again, other):
+        assert s["status"] == "completed" and len(list(Path(s["run_dir"]).glob("wandb/offline-run-*"))) == 1
+    # Jobs 0 and 1 ran at the same time, in two processes.
+    start, end = ({n: datetime.fromisoformat(s[k]) for n, s in enumerate((first, again))}
+                  for k in ("started_at", "finished_at"))
+    assert first["pid"] != again["pid"] and start[1] < end[0] and start[0] < end[1]
+    # seed=0 is a seed like any other: the same numbers twice, other ones with seed=1.
+    assert first["seed"] == again["seed"] == 0 and other["seed"] == 1
+    assert same_but_speed(first["metrics"], again["metrics"])
+    assert first["metrics"]["train/loss"] != other["metrics"]["train/loss"]
+
+
+def test_each_parallel_worker_gets_its_own_gpus(tmp_path, monkeypatch):
+    import fcntl
+
+    from focalnet import sweeps
+
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    monkeypatch.setattr(sweeps, "_claimed", [])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    sweeps.PinDevices().on_job_start(config)  # no GPU here: nothing to pin
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ and not sweeps._claimed
+
+    # 4 GPUs in groups of 2; another worker process holds the first group's lock, so this one takes the second, and
+    # keeps it for its next jobs (CUDA reads the variable once per process).
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    (tmp_path / ".gpu_locks").mkdir()
+    with open(tmp_path / ".gpu_locks" / "0.lock", "w") as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        sweeps.PinDevices(gpus_per_job=2).on_job_start(config)
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+        sweeps.PinDevices(gpus_per_job=2).on_job_start(config)
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3"
+        # A third process finds no free group: a clear error, not two jobs on one GPU.
+        lock, _ = sweeps._claimed
+        monkeypatch.setattr(sweeps, "_claimed", [])
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+        with pytest.raises(RuntimeError, match="n_jobs is larger than the 2 groups of 2 GPUs"):
+            sweeps.PinDevices(gpus_per_job=2).on_job_start(config)
+        lock.close()
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(monkeypatch):
+    import hydra.core.utils
+
+    from test_sweeps import compose_cfg
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(hydra.core.utils, "datetime", Frozen)
+    a, b = compose_cfg(), compose_cfg()
+    assert a.hydra.run.dir.startswith("outputs/train/2026-01-02_03-04-05_") and a.hydra.run.dir != b.hydra.run.dir
+    assert a.hydra.sweep.dir.startswith("outputs/train/multirun/2026-01-02_03-04-05_")
+    assert a.hydra.sweep.dir != b.hydra.sweep.dir
+    assert a.hydra.run.dir.rsplit("_", 1)[1] == a.hydra.sweep.dir.rsplit("_", 1)[1]  # one id per command
+
+
+def test_job_folder_names():
+    from focalnet.runinfo import job_dirname
+
+    assert job_dirname(3, "model.focal_levels-2+seed-1") == "3_model.focal_levels-2+seed-1"
+    assert job_dirname(0, "data.root-/data/x y+seed-0") == "0_data.root-_data_x_y+seed-0"
+    assert job_dirname(7, "") == "7" and len(job_dirname(12, "a" * 300)) == 103
+
+
+def test_run_folder_records_what_ran(interrupted_run):
+    run, summary, _, command = interrupted_run
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa
+    assert summary["git"]["commit"] == git("rev-parse", "HEAD")
+    assert summary["git"]["dirty"] == bool(git("status", "--porcelain"))
+    if summary["git"]["dirty"]:  # `git diff HEAD` at the start of the run
+        assert summary["git"]["diff"] == str(run / "git.diff") and (run / "git.diff").is_file()
+    assert summary["argv"] == shlex.join(["focalnet-train", *command])
+    assert summary["command"] == shlex.join(["focalnet-train", *command[:-1]])  # Hydra's overrides: no hydra.*
+    assert {"torch", "lightning", "hydra-core", "wandb", "python"} <= set(summary["versions"])
+    # The loggers get it too (W&B config, here the CSV logger's hparams.yaml).
+    hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
+    assert hparams["git"]["commit"] == summary["git"]["commit"] and hparams["command"] == read_summary(run)["argv"]
