@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import wandb
 from lightning.fabric.plugins.io import TorchCheckpointIO
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -56,6 +55,8 @@ class WandbLogger(LightningWandbLogger):
                 self._offline = True
                 # Offline needs no key, and W&B rejects a malformed one even then; teardown() drops the settings
                 # the failed attempt cached.
+                import wandb  # here, not at the top: trainer/ loads this file for AtomicCheckpointIO alone
+
                 os.environ.pop("WANDB_API_KEY", None)
                 wandb.teardown()
         return LightningWandbLogger.experiment.fget(self)
