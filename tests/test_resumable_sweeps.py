@@ -211,6 +211,11 @@ def test_job_folder_names():
     assert job_dirname(3, "model.focal_levels-2+seed-1") == "3_model.focal_levels-2+seed-1"
     assert job_dirname(0, "data.root-/data/x y+seed-0") == "0_data.root-_data_x_y+seed-0"
     assert job_dirname(7, "") == "7" and len(job_dirname(12, "a" * 300)) == 103
+    # Too long: keys lose their group path, then whole items go from the end; the swept seed stays readable.
+    long = "callbacks.progress_bar-null+logger-csv+model.focal_levels-2+model.hidden_size-16+model.num_layers-1+seed-1"
+    assert job_dirname(3, long + "+trainer.limit_test_batches-1+trainer.limit_val_batches-1") == (
+        "3_progress_bar-null+logger-csv+focal_levels-2+hidden_size-16+num_layers-1+seed-1+limit_test_batches-1"
+    )
 
 
 def test_run_folder_records_what_ran(interrupted_run):

@@ -23,8 +23,18 @@ JOB_DIRNAME_MAX = 100  # characters of the overrides in a job folder's name (the
 
 
 def job_dirname(num: int, overrides: str) -> str:
-    """A sweep job's folder name: its number, then its overrides (hydra.job.override_dirname), filesystem-safe."""
-    overrides = re.sub(r"[^\w.+@-]", "_", overrides)[:JOB_DIRNAME_MAX]
+    """A sweep job's folder name: its number, then its overrides (hydra.job.override_dirname), filesystem-safe.
+
+    Too long, the keys lose their group path (model.focal_levels -> focal_levels), then whole items are dropped from
+    the end: the swept values stay readable, the number keeps the name unique, summary.json has the full overrides.
+    """
+    overrides = re.sub(r"[^\w.+@-]", "_", overrides)
+    if len(overrides) > JOB_DIRNAME_MAX:
+        items = (item.partition("-") for item in overrides.split("+"))
+        overrides = "+".join(key.rsplit(".", 1)[-1] + sep + value for key, sep, value in items)
+    while len(overrides) > JOB_DIRNAME_MAX and "+" in overrides:
+        overrides = overrides.rsplit("+", 1)[0]
+    overrides = overrides[:JOB_DIRNAME_MAX]
     return f"{num}_{overrides}" if overrides else str(num)
 
 
