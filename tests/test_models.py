@@ -236,3 +236,50 @@ def test_public_api_is_importable_without_frameworks():
     src = open(focalnet.models.focalnet.__file__).read()
     assert "lightning" not in src and "hydra" not in src
     assert "focalnet.models.focalnet" in sys.modules
+
+
+@pytest.mark.parametrize(
+    "name, overrides, size",
+    [
+        # 64 px: the last stage is 2x2, where the 5x5 level loses its dead taps; 7x7 levels take the CPU weight grad.
+        ("focalnet_tiny_srf", dict(SMALL), 64),
+        ("focalnet_tiny_lrf", dict(SMALL), 64),
+        # 32 px: 1x1 last stage; 40 px: 10 -> 5 -> 2 (odd maps, the conv drops a row and a column) -> 1.
+        ("focalnet_tiny_lrf", dict(SMALL, normalize_modulator=True, gate_act="sigmoid"), 32),
+        ("focalnet_tiny_lrf", dict(SMALL, use_postln=True, use_layerscale=True, layerscale_value=0.5), 40),
+        ("focalnet_tiny_srf", dict(SMALL, use_conv_embed=True, use_postln_in_modulation=True), 64),
+        ("focalnet_card", dict(hidden_size=16, num_layers=2, patch_size=4, focal_levels=0), 32),
+        ("focalnet_card", dict(hidden_size=16, num_layers=2, patch_size=4, focal_levels=4), 28),
+    ],
+)
+def test_fast_path_gives_the_official_op_orders_logits_and_gradients(name, overrides, size):
+    # fast=False is the official code op for op (NCHW copies, conv patch embedding, full kernels, h as a 1x1
+    # conv); the fast path must be the same function to fp32 rounding, gradients included.
+    torch.manual_seed(0)
+    fast = create_model(name, num_classes=5, drop_path_rate=0.0, **overrides)
+    ref = create_model(name, num_classes=5, drop_path_rate=0.0, fast=False, **overrides)
+    ref.load_state_dict(fast.state_dict())
+    x, y = torch.randn(3, 3, size, size), torch.tensor([0, 3, 4])
+    logits = [m(x) for m in (fast, ref)]
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-4, atol=1e-5)
+    for out in logits:
+        torch.nn.functional.cross_entropy(out, y).backward()
+    for (n, p), q in zip(fast.named_parameters(), ref.parameters()):
+        # Sums over every token in another order: equal to 1e-3 of the tensor's largest gradient.
+        assert (p.grad - q.grad).abs().max() <= 1e-3 * q.grad.abs().max(), n
+
+
+@pytest.mark.parametrize("kernel, padding", [(5, (2, 2)), (7, (3, 3)), (5, (1, 2))])
+def test_cpu_depthwise_weight_gradient_is_exact(kernel, padding):
+    from focalnet.models.focalnet import _DepthwiseConvCPU
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 1, 2 * padding[0] + 1, 2 * padding[1] + 1, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: _DepthwiseConvCPU.apply(x, w, padding), (x, w))
+
+
+def test_model_compiles_without_graph_breaks():
+    for model in (create_model("focalnet_tiny_lrf", num_classes=5, **SMALL), FocalNet.build(32, 4, 1, 16, 2)):
+        explained = torch._dynamo.explain(model)(torch.randn(2, model.patch_embed.proj.in_channels, 32, 32))
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons

@@ -70,9 +70,11 @@ class FocalModulation(nn.Module):
         normalize_modulator: bool = False,
         use_global_context: bool = True,
         gate_act: str = "none",
+        fast: bool = True,
     ):
         super().__init__()
         self.dim = dim
+        self.fast = fast
         self.focal_level = focal_level
         self.use_global_context = use_global_context
         self.num_gates = focal_level + int(use_global_context)
@@ -99,24 +101,7 @@ class FocalModulation(nn.Module):
         q, ctx, gates = self.f(x).split([C, C, self.num_gates], dim=-1)
         if self.gate_act == "sigmoid":
             gates = gates.sigmoid()
-        # [B, C, H, W] views of channels-last memory: the convs take them without a layout change.
-        ctx = ctx.permute(0, 3, 1, 2)
-        g = gates.permute(0, 3, 1, 2)
-        ctx_all = None
-        for level, layer in enumerate(self.focal_layers):
-            ctx = layer(ctx)
-            ctx_all = (
-                ctx * g[:, level : level + 1]
-                if ctx_all is None
-                else torch.addcmul(ctx_all, ctx, g[:, level : level + 1])
-            )
-        if self.use_global_context:
-            ctx_global = F.gelu(ctx.mean((2, 3), keepdim=True))
-            gate = g[:, self.focal_level :]
-            ctx_all = ctx_global * gate if ctx_all is None else torch.addcmul(ctx_all, ctx_global, gate)
-        if self.normalize_modulator:
-            ctx_all = ctx_all / self.num_gates
-        modulator = self.h(ctx_all.permute(0, 2, 3, 1))
+        modulator = self.h(self._context(ctx, gates)) if self.fast else self._modulator_reference(ctx, gates)
         if self.store_modulator:
             self.gates, self.modulator = gates, modulator
         out = q * modulator
@@ -124,11 +109,100 @@ class FocalModulation(nn.Module):
             out = self.ln(out)
         return self.proj_drop(self.proj(out))
 
+    def _context(self, ctx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """The gated sum of the levels and the global context, [B, H, W, C], with no layout copy."""
+        # [B, C, H, W] views of channels-last memory: the convs take them as they are.
+        ctx = ctx.permute(0, 3, 1, 2)
+        g = gates.permute(0, 3, 1, 2)
+        ctx_all = ctx_global = None
+        if self.use_global_context and self.focal_level == 0:
+            ctx_global = F.gelu(ctx.mean((2, 3), keepdim=True))
+        for level, (conv, act) in enumerate(self.focal_layers):
+            ctx = act(_depthwise_conv(conv, ctx))
+            if self.use_global_context and level == self.focal_level - 1:
+                # Taken before the gated sum reads ctx, so that autograd adds the mean's broadcast gradient into
+                # the sum's channels-last one and not the reverse: the gradient then stays channels-last, and
+                # this level's GELU and 5x5 conv backward run 3-4x faster than on an NCHW gradient.
+                ctx_global = F.gelu(ctx.mean((2, 3), keepdim=True))
+            gate = g[:, level : level + 1]
+            ctx_all = ctx * gate if ctx_all is None else torch.addcmul(ctx_all, ctx, gate)
+        if ctx_global is not None:
+            gate = g[:, self.focal_level :]
+            ctx_all = ctx_global * gate if ctx_all is None else torch.addcmul(ctx_all, ctx_global, gate)
+        if self.normalize_modulator:
+            ctx_all = ctx_all / self.num_gates
+        return ctx_all.permute(0, 2, 3, 1)
+
+    def _modulator_reference(self, ctx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """h(gated context) as the official code computes it: NCHW copies, a multiply and an add per level, the
+        global context after the sum, h as a 1x1 conv. `fast=False` runs it, to check and time the fast path."""
+        ctx = ctx.permute(0, 3, 1, 2).contiguous()
+        g = gates.permute(0, 3, 1, 2).contiguous()
+        ctx_all = 0
+        for level, layer in enumerate(self.focal_layers):
+            ctx = layer(ctx)
+            ctx_all = ctx_all + ctx * g[:, level : level + 1]
+        if self.use_global_context:
+            ctx_global = F.gelu(ctx.mean(2, keepdim=True).mean(3, keepdim=True))
+            ctx_all = ctx_all + ctx_global * g[:, self.focal_level :]
+        if self.normalize_modulator:
+            ctx_all = ctx_all / self.num_gates
+        modulator = F.conv2d(ctx_all, self.h.weight[:, :, None, None], self.h.bias)
+        return modulator.permute(0, 2, 3, 1)
+
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, kernel_sizes={self.kernel_sizes}, global_context={self.use_global_context}, "
             f"gate_act={self.gate_act}"
         )
+
+
+def _depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for a focal level ("same" padding, stride 1, no bias), the fast way on this device.
+
+    Kernel taps that only ever meet padding (a 5x5 level on the 2x2 and 1x1 maps of the last stages at 32 px) are
+    left out: they multiply zeros, and oneDNN runs such shapes up to 50x slower than the cropped kernel. On the
+    CPU, kernels of 5 and more get their weight gradient from `_DepthwiseConvCPU`.
+    """
+    k, H, W = conv.kernel_size[0], x.shape[-2], x.shape[-1]
+    ph, pw = min(k // 2, H - 1), min(k // 2, W - 1)
+    weight = conv.weight
+    if (ph, pw) != (k // 2, k // 2):
+        weight = weight[:, :, k // 2 - ph : k // 2 + ph + 1, k // 2 - pw : k // 2 + pw + 1]
+    if x.device.type == "cpu" and max(weight.shape[-2:]) >= 5:
+        return _DepthwiseConvCPU.apply(x, weight, (ph, pw))
+    return F.conv2d(x, weight, None, padding=(ph, pw), groups=x.shape[1])
+
+
+class _DepthwiseConvCPU(torch.autograd.Function):
+    """Depthwise conv whose weight gradient is computed as another conv: one group per (image, channel) with the
+    output gradient as its kernel, summed over images. oneDNN's own weight gradient for 5x5 and 7x7 depthwise
+    kernels is 2-14x slower (fast only for 3x3) on the maps of FocalNet's stages."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.padding = padding
+        return F.conv2d(x, weight, None, padding=padding, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        B, C, H, W = x.shape
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], C, [True, False, False]
+            )[0]
+        if ctx.needs_input_grad[1]:
+            per_image = F.conv2d(
+                x.contiguous().view(1, B * C, H, W),
+                grad.contiguous().view(B * C, 1, H, W),
+                padding=ctx.padding,
+                groups=B * C,
+            )
+            grad_w = per_image.view(B, C, *weight.shape[-2:]).sum(0).unsqueeze(1)
+        return grad_x, grad_w, None
 
 
 class Mlp(nn.Module):
@@ -188,9 +262,21 @@ class FocalNetBlock(nn.Module):
 class PatchEmbed(nn.Module):
     """Strided conv + LayerNorm, NHWC out. `overlapped` uses k7 s4 p2 for the stem and k3 s2 p1 between stages."""
 
-    def __init__(self, in_dim: int, out_dim: int, patch_size: int, overlapped: bool = False, nhwc_in: bool = True):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        patch_size: int,
+        overlapped: bool = False,
+        nhwc_in: bool = True,
+        fast: bool = True,
+    ):
         super().__init__()
         self.nhwc_in = nhwc_in
+        self.patch_size = patch_size
+        # Non-overlapping patches are a matmul over gathered patches; oneDNN's strided conv is 1.2-6x slower at
+        # these shapes (most on small maps: 2x2 -> 1x1 at 32 px input), forward and backward.
+        self.as_linear = fast and not overlapped
         kernel, padding = patch_size, 0
         if overlapped:
             kernel, padding = {4: (7, 2), 2: (3, 1)}.get(
@@ -200,11 +286,28 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.as_linear:
+            return self.norm(self._patches_times_weight(x))
         if self.nhwc_in:
             x = x.permute(0, 3, 1, 2)
         else:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+    def _patches_times_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """self.proj(x) for kernel == stride, as one Linear over [B, H/s, W/s, s*s*C] patches, NHWC out."""
+        s, w = self.patch_size, self.proj.weight
+        if self.nhwc_in:
+            B, H, W, C = x.shape
+            x = x[:, : H - H % s, : W - W % s]  # the conv drops the remainder rows and columns too
+            # Patches ordered (row, column, channel): contiguous C-runs gather fast; the weight is reordered to match.
+            x = x.reshape(B, H // s, s, W // s, s, C).transpose(2, 3).reshape(B, H // s, W // s, s * s * C)
+            return F.linear(x, w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), self.proj.bias)
+        B, C, H, W = x.shape
+        x = x[:, :, : H - H % s, : W - W % s]
+        # Patches ordered (channel, row, column), the conv weight's own order.
+        x = x.reshape(B, C, H // s, s, W // s, s).permute(0, 2, 4, 1, 3, 5).reshape(B, H // s, W // s, C * s * s)
+        return F.linear(x, w.reshape(w.shape[0], -1), self.proj.bias)
 
 
 class FocalNetStage(nn.Module):
@@ -219,7 +322,7 @@ class FocalNetStage(nn.Module):
     ):
         super().__init__()
         self.blocks = nn.ModuleList(FocalNetBlock(dim, drop_path=dp, **block) for dp in drop_path[:depth])
-        self.downsample = PatchEmbed(dim, out_dim, 2, downsample_overlapped) if out_dim else None
+        self.downsample = PatchEmbed(dim, out_dim, 2, downsample_overlapped, fast=block["fast"]) if out_dim else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
@@ -261,6 +364,9 @@ class FocalNet(nn.Module):
         use_global_context: add the gated global (mean-pooled) context level.
         gate_act: "none" (raw gates, the paper's code) or "sigmoid" (the design card's sketch).
         weight_init: "official" (convs keep PyTorch's default) or "timm" (trunc-normal 0.02 on convs too).
+        fast: True (default) computes the modulator channels-last with fused gated sums; False runs the official
+            code's op order (NCHW copies, h as a 1x1 conv). Same function and parameters: a reference to check and
+            time the fast path against.
     """
 
     def __init__(
@@ -286,6 +392,7 @@ class FocalNet(nn.Module):
         use_global_context: bool = True,
         gate_act: str = "none",
         weight_init: str = "official",
+        fast: bool = True,
     ):
         super().__init__()
         depths = [int(d) for d in _per_stage("depths", depths, 1)] if isinstance(depths, int) else list(depths)
@@ -329,7 +436,7 @@ class FocalNet(nn.Module):
         self.num_classes = num_classes or 0
         self.embed_dim = dims
         self.num_features = dims[-1]
-        self.patch_embed = PatchEmbed(in_channels, dims[0], patch_size, use_conv_embed, nhwc_in=False)
+        self.patch_embed = PatchEmbed(in_channels, dims[0], patch_size, use_conv_embed, nhwc_in=False, fast=fast)
         self.pos_drop = nn.Dropout(drop_rate)
         n = sum(depths)
         dpr = [drop_path_rate * i / max(n - 1, 1) for i in range(n)]
@@ -354,6 +461,7 @@ class FocalNet(nn.Module):
                     normalize_modulator=normalize_modulator,
                     use_global_context=use_global_context,
                     gate_act=gate_act,
+                    fast=fast,
                 )
             )
         self.norm = nn.LayerNorm(self.num_features)
@@ -387,7 +495,7 @@ class FocalNet(nn.Module):
             num_classes: None returns [batch, hidden_size] features; an int adds a linear head, [batch, num_classes].
             **more: any other FocalNet argument (mlp_ratio, drop_path_rate, gate_act, use_global_context,
                 normalize_modulator, use_layerscale, layerscale_value, use_postln, use_postln_in_modulation,
-                use_conv_embed, focal_factor, drop_rate, weight_init). drop_path_rate defaults to 0 here.
+                use_conv_embed, focal_factor, drop_rate, weight_init, fast). drop_path_rate defaults to 0 here.
         """
         more.setdefault("drop_path_rate", 0.0)
         return cls(
