@@ -2,6 +2,7 @@
 peak memory of any FocalNet config; with `--data`, the train loader's throughput next to the model's.
 
     focalnet-bench --model focalnet_tiny_srf --img 224 --batch 8 --mode eager,compile
+    focalnet-bench --model focalnet_tiny_srf --img 224 --batch 8 --set fast=false --profile 12
     focalnet-bench --model focalnet_card --set hidden_size=128 --set num_layers=4 --set patch_size=4 \\
         --data digits --img 32 --batch 128 --json bench.json
 
@@ -150,6 +151,7 @@ def bench_model(
     steps: int = 10,
     warmup: int = 3,
     repeats: int = 5,
+    profile_ops: int = 0,
 ) -> dict:
     """One row: training step (forward, cross-entropy, backward, AdamW) and inference throughput, memory, FLOPs."""
     eager, model = prepare_model(name, overrides, image_size, mode, device)
@@ -188,6 +190,8 @@ def bench_model(
         row.update(_summary(phase, [steps * batch_size / s for s in seconds]))
         row[f"{phase}_peak_mem_bytes"] = _peak_memory(device)
 
+    if profile_ops:
+        row["train_profile"] = profile_step(train_step, device, profile_ops)
     forward_flop = 2 * stats["flops"]
     row.update(
         params=stats["params"],
@@ -274,6 +278,22 @@ def _spread(row: dict, prefix: str) -> str:
     return f"{mid:.1f}\n({lo:.1f}-{hi:.1f})"
 
 
+def profile_step(step, device: torch.device, top: int) -> list[dict]:
+    """The `top` operators of one step by self time (torch.profiler), with their share of the step's op time."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        step()
+        _sync(device)
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ops = [e for e in prof.key_averages() if e.key.startswith("aten::") or e.key.startswith("mkldnn::")]
+    total = sum(getattr(e, attr) for e in ops) or 1.0
+    ops.sort(key=lambda e: -getattr(e, attr))
+    return [{"op": e.key, "self_ms": getattr(e, attr) / 1e3, "calls": e.count, "share": getattr(e, attr) / total}
+            for e in ops[:top]]
+
+
 def print_table(results: list[dict], env: dict, console: Console) -> None:
     table = Table(title=f"focalnet-bench on {env['device_name']} ({env['device']}, {env['threads']} threads)")
     columns = ["model", "img batch prec mode", "train img/s", "infer img/s", "train FLOP/s", "infer FLOP/s", "peak mem"]
@@ -306,6 +326,15 @@ def print_table(results: list[dict], env: dict, console: Console) -> None:
         + ("; loader: share of a serial step's time spent loading and augmenting" if "loader img/s" in columns else "")
     )
     console.print(table)
+    for r in results:
+        if r.get("train_profile"):
+            prof = Table(title=f"one training step of {r['model']} {r['image_size']} px, batch {r['batch_size']}, "
+                         f"{r['precision']} {r['mode']}: operators by self time", title_justify="left")
+            for col in ("operator", "self ms", "calls", "share"):
+                prof.add_column(col, justify="left" if col == "operator" else "right")
+            for op in r["train_profile"]:
+                prof.add_row(op["op"], f"{op['self_ms']:.1f}", str(op["calls"]), f"{op['share']:.1%}")
+            console.print(prof)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="also time this data config's train loader + on-device augmentation (conf/data)")
     p.add_argument("--data-root", help="data.root for datasets on disk (cifar10, imagefolder)")
     p.add_argument("--loader-batches", type=_positive_int, default=50, help="loader batches per repeat")
+    p.add_argument("--profile", type=_positive_int, metavar="N",
+                   help="also profile one training step and list its N costliest operators")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON; '-' prints one JSON line")
     return p
 
@@ -387,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
                "mode": mode, "device": str(device), "channels_last": args.channels_last, "threads": env["threads"],
                "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats}
         row.update(bench_model(name, overrides, size, batch, precision, mode, device, args.channels_last,
-                               args.steps, args.warmup, args.repeats))
+                               args.steps, args.warmup, args.repeats, args.profile or 0))
         row["peak_flop_per_s"] = peaks[precision]
         row["train_fraction_of_peak"] = row["train_flop_per_s"] / peaks[precision]
         row["infer_fraction_of_peak"] = row["infer_flop_per_s"] / peaks[precision]

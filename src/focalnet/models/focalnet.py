@@ -161,7 +161,7 @@ def _depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv(x) for a focal level ("same" padding, stride 1, no bias), the fast way on this device.
 
     Kernel taps that only ever meet padding (a 5x5 level on the 2x2 and 1x1 maps of the last stages at 32 px) are
-    left out: they multiply zeros, and oneDNN runs such shapes up to 50x slower than the cropped kernel. On the
+    left out: they multiply zeros, and oneDNN runs such shapes up to 18x slower than the cropped kernel. On the
     CPU, kernels of 5 and more get their weight gradient from `_DepthwiseConvCPU`.
     """
     k, H, W = conv.kernel_size[0], x.shape[-2], x.shape[-1]
@@ -177,7 +177,8 @@ def _depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 class _DepthwiseConvCPU(torch.autograd.Function):
     """Depthwise conv whose weight gradient is computed as another conv: one group per (image, channel) with the
     output gradient as its kernel, summed over images. oneDNN's own weight gradient for 5x5 and 7x7 depthwise
-    kernels is 2-14x slower (fast only for 3x3) on the maps of FocalNet's stages."""
+    kernels is 1.5-14x slower on the maps of FocalNet's stages (14x: 7x7 on a 7x7 map), on par only for 5x5 on
+    56x56; for 3x3 it is the faster one."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
@@ -274,8 +275,9 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.nhwc_in = nhwc_in
         self.patch_size = patch_size
-        # Non-overlapping patches are a matmul over gathered patches; oneDNN's strided conv is 1.2-6x slower at
-        # these shapes (most on small maps: 2x2 -> 1x1 at 32 px input), forward and backward.
+        # Non-overlapping patches are a matmul over gathered patches: forward + backward 1.3-4.4x faster than
+        # oneDNN's strided conv at FocalNet's shapes (most on small maps: 2x2 -> 1x1 at 32 px input), except the
+        # first downsampling at 224 px (56 -> 28, 96 channels), about 20% slower.
         self.as_linear = fast and not overlapped
         kernel, padding = patch_size, 0
         if overlapped:
