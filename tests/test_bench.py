@@ -110,7 +110,8 @@ def test_cuda_without_cuda_fails_with_one_line(capsys):
 def test_profile_lists_the_costliest_operators_of_a_training_step(tmp_path, capsys):
     (row,) = run_bench(tmp_path, "--profile", "4")["results"]
     ops = row["train_profile"]
-    assert len(ops) == 4 and all(op["op"].startswith(("aten::", "mkldnn::")) and op["calls"] >= 1 for op in ops)
+    assert len(ops) == 4 and all(op["calls"] >= 1 for op in ops)
+    assert any(op["op"].startswith("aten::") for op in ops)
     assert [op["self_ms"] for op in ops] == sorted((op["self_ms"] for op in ops), reverse=True)
     assert 0 < sum(op["share"] for op in ops) <= 1
     assert "operators by self time" in capsys.readouterr().out

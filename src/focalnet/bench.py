@@ -279,7 +279,7 @@ def _spread(row: dict, prefix: str) -> str:
 
 
 def profile_step(step, device: torch.device, top: int) -> list[dict]:
-    """The `top` operators of one step by self time (torch.profiler), with their share of the step's op time."""
+    """The `top` operators of one step by self time (torch.profiler), with their share of the step's time."""
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
@@ -287,7 +287,8 @@ def profile_step(step, device: torch.device, top: int) -> list[dict]:
         step()
         _sync(device)
     attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    ops = [e for e in prof.key_averages() if e.key.startswith("aten::") or e.key.startswith("mkldnn::")]
+    # Every event, not only aten ones: in compile mode Inductor's generated kernels run as "Call CompiledFxGraph".
+    ops = list(prof.key_averages())
     total = sum(getattr(e, attr) for e in ops) or 1.0
     ops.sort(key=lambda e: -getattr(e, attr))
     return [{"op": e.key, "self_ms": getattr(e, attr) / 1e3, "calls": e.count, "share": getattr(e, attr) / total}
