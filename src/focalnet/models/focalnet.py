@@ -261,7 +261,8 @@ class FocalNetBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Strided conv + LayerNorm, NHWC out. `overlapped` uses k7 s4 p2 for the stem and k3 s2 p1 between stages."""
+    """Strided conv + LayerNorm, NHWC out. `overlapped` uses k7 s4 p2 for the stem and k3 s2 p1 between stages;
+    otherwise (kernel = stride) the fast path computes the conv as a Linear over gathered patches."""
 
     def __init__(
         self,
@@ -320,11 +321,12 @@ class FocalNetStage(nn.Module):
         out_dim: int | None,
         downsample_overlapped: bool,
         drop_path: Sequence[float],
+        fast: bool = True,
         **block,
     ):
         super().__init__()
-        self.blocks = nn.ModuleList(FocalNetBlock(dim, drop_path=dp, **block) for dp in drop_path[:depth])
-        self.downsample = PatchEmbed(dim, out_dim, 2, downsample_overlapped, fast=block["fast"]) if out_dim else None
+        self.blocks = nn.ModuleList(FocalNetBlock(dim, drop_path=dp, fast=fast, **block) for dp in drop_path[:depth])
+        self.downsample = PatchEmbed(dim, out_dim, 2, downsample_overlapped, fast=fast) if out_dim else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
@@ -366,9 +368,10 @@ class FocalNet(nn.Module):
         use_global_context: add the gated global (mean-pooled) context level.
         gate_act: "none" (raw gates, the paper's code) or "sigmoid" (the design card's sketch).
         weight_init: "official" (convs keep PyTorch's default) or "timm" (trunc-normal 0.02 on convs too).
-        fast: True (default) computes the modulator channels-last with fused gated sums; False runs the official
-            code's op order (NCHW copies, h as a 1x1 conv). Same function and parameters: a reference to check and
-            time the fast path against.
+        fast: True (default) runs the fast path: the modulator channels-last with fused gated sums, patch
+            embeddings as a Linear over patches, depthwise kernels without the taps that only meet padding.
+            False runs the official code's op order (NCHW copies, h as a 1x1 conv, conv embeddings, full kernels).
+            Same function and parameters: a reference to check and time the fast path against.
     """
 
     def __init__(
