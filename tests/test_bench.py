@@ -29,7 +29,8 @@ def test_json_has_every_field_with_consistent_numbers(tmp_path):
     assert row["forward_flop_per_image"] == 2 * stats["flops"]
     assert row["train_flop_per_image"] == 6 * stats["flops"]
     peak = report["env"]["peak_flop_per_s"]["fp32"]
-    assert row["peak_flop_per_s"] == peak > 0
+    by_kernel = report["env"]["peak_flop_per_s_by_kernel"]["fp32"]
+    assert set(by_kernel) == {"mm", "conv1x1"} and row["peak_flop_per_s"] == peak == max(by_kernel.values()) > 0
     for phase, flop in (("train", row["train_flop_per_image"]), ("infer", row["forward_flop_per_image"])):
         rate = row[f"{phase}_images_per_s"]
         assert rate > 0 and row[f"{phase}_images_per_s_repeats"] == [rate]

@@ -1,4 +1,6 @@
+import json
 import re
+import time
 
 import pytest
 import torch
@@ -252,9 +254,14 @@ def test_public_api_is_importable_without_frameworks():
         ("focalnet_card", dict(hidden_size=16, num_layers=2, patch_size=4, focal_levels=4), 28),
     ],
 )
-def test_fast_path_gives_the_official_op_orders_logits_and_gradients(name, overrides, size):
+@pytest.mark.parametrize("gemm", ["linear", "conv", "auto"])
+def test_fast_path_gives_the_official_op_orders_logits_and_gradients(
+    name, overrides, size, gemm, monkeypatch, tmp_path
+):
     # fast=False is the official code op for op (NCHW copies, conv patch embedding, full kernels, h as a 1x1
-    # conv); the fast path must be the same function to fp32 rounding, gradients included.
+    # conv); the fast path must be the same function to fp32 rounding, gradients included, on either GEMM.
+    monkeypatch.setenv("FOCALNET_GEMM", gemm)
+    monkeypatch.setenv("FOCALNET_CACHE", str(tmp_path))
     torch.manual_seed(0)
     fast = create_model(name, num_classes=5, drop_path_rate=0.0, **overrides)
     ref = create_model(name, num_classes=5, drop_path_rate=0.0, fast=False, **overrides)
@@ -267,6 +274,106 @@ def test_fast_path_gives_the_official_op_orders_logits_and_gradients(name, overr
     for (n, p), q in zip(fast.named_parameters(), ref.parameters()):
         # Sums over every token in another order: equal to 1e-3 of the tensor's largest gradient.
         assert (p.grad - q.grad).abs().max() <= 1e-3 * q.grad.abs().max(), n
+
+
+@pytest.mark.parametrize("gemm", ["linear", "conv"])
+def test_bf16_autocast_agrees_with_the_reference_on_either_gemm(gemm, monkeypatch):
+    # What precision=auto runs on bf16 hardware: the fast path under autocast against fp32 fast=False.
+    monkeypatch.setenv("FOCALNET_GEMM", gemm)
+    torch.manual_seed(0)
+    fast = create_model("focalnet_tiny_lrf", num_classes=5, drop_path_rate=0.0, **SMALL)
+    ref = create_model("focalnet_tiny_lrf", num_classes=5, drop_path_rate=0.0, fast=False, **SMALL)
+    ref.load_state_dict(fast.state_dict())
+    x = torch.randn(3, 3, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = fast(x)
+    assert low.dtype == torch.bfloat16
+    # bf16 keeps 8 bits of mantissa: logits agree to a few hundredths of their spread.
+    assert (low.float() - ref(x)).abs().max() <= 0.05 * ref(x).abs().max()
+
+
+def test_gemm_choice_is_measured_once_per_shape_and_reused_from_the_machine_cache(monkeypatch, tmp_path):
+    from focalnet.models import gemm
+
+    monkeypatch.setenv("FOCALNET_GEMM", "auto")
+    monkeypatch.setenv("FOCALNET_CACHE", str(tmp_path))
+    monkeypatch.setattr(gemm, "_CHOICES", {})
+    monkeypatch.setattr(gemm, "_LOADED", set())
+    calls = []
+    monkeypatch.setattr(gemm, "_measure", lambda x, w, b, grad: calls.append((x.shape, grad)) or "conv")
+    layer = gemm.Dense(8, 16)
+    x = torch.randn(2, 5, 5, 8)
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+    layer(x).sum().backward()
+    with torch.no_grad():
+        layer(x)
+    assert calls == [((2, 5, 5, 8), True)] * 1 + [((2, 5, 5, 8), False)]  # training and inference shapes, once each
+    (cache,) = tmp_path.glob("focalnet/gemm-*.json")
+    assert set(json.loads(cache.read_text()).values()) == {"conv"}
+    # A new process (fresh in-memory table) takes the cached choices without measuring.
+    monkeypatch.setattr(gemm, "_CHOICES", {})
+    monkeypatch.setattr(gemm, "_LOADED", set())
+    monkeypatch.setattr(gemm, "_measure", lambda *a: pytest.fail("measured again"))
+    layer(x)
+    assert set(gemm.gemm_choices().values()) == {"conv"}
+
+
+def test_gemm_measurement_leaves_flop_counts_alone(monkeypatch, tmp_path):
+    from focalnet.models import gemm
+
+    monkeypatch.setenv("FOCALNET_GEMM", "auto")
+    monkeypatch.setenv("FOCALNET_CACHE", str(tmp_path))
+    monkeypatch.setattr(gemm, "_CHOICES", {})
+    model = FocalNet.build(32, 4, 1, 16, 2, num_classes=3)
+    first = model_stats(model, 32, 1)  # nothing measured yet: the first count must not include the measurement
+    assert first == model_stats(model, 32, 1) and first["flops"] == model_stats(model, 32, 1)["flops"]
+    monkeypatch.setenv("FOCALNET_GEMM", "linear")
+    assert first == model_stats(model, 32, 1)
+
+
+def test_gemm_measurement_picks_the_faster_kernel(monkeypatch):
+    from focalnet.models import gemm
+
+    slow = gemm._KERNELS["linear"]
+
+    def slower(*args):
+        time.sleep(0.01)
+        return slow(*args)
+
+    monkeypatch.setitem(gemm._KERNELS, "linear", slower)
+    x, w = torch.randn(4, 8), torch.randn(6, 8)
+    state = torch.get_rng_state()
+    assert gemm._measure(x, w, None, grad=True) == gemm._measure(x, w, None, grad=False) == "conv"
+    # Measuring draws from a generator of its own: drop-path and augmentation draws stay those of a cached run.
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_bad_gemm_policy_fails_in_one_line(monkeypatch):
+    from focalnet.models import gemm
+
+    monkeypatch.setenv("FOCALNET_GEMM", "mkl")
+    with pytest.raises(ValueError, match=r"^FOCALNET_GEMM='mkl' is not one of \('auto', 'linear', 'conv'\)$"):
+        gemm.Dense(4, 4)(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize(
+    "flags, accelerator, cuda_bf16, expected",
+    [
+        ({"avx2", "fma"}, "cpu", False, "32-true"),  # Zen 3: bf16 only emulated
+        ({"avx512f", "avx512_bf16"}, "cpu", False, "bf16-mixed"),  # Zen 4/5, Cooper Lake
+        ({"avx512f", "amx_bf16"}, "auto", False, "bf16-mixed"),  # Sapphire Rapids, no GPU
+        ({"avx2"}, "gpu", True, "bf16-mixed"),  # A100/H100
+        ({"avx2"}, "gpu", False, "32-true"),  # V100, T4
+    ],
+)
+def test_precision_auto_follows_the_hardware(flags, accelerator, cuda_bf16, expected, monkeypatch):
+    from focalnet import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: accelerator == "gpu")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: cuda_bf16)
+    assert precision.resolve_precision("auto", accelerator) == expected
+    assert precision.resolve_precision("16-mixed", accelerator) == "16-mixed"  # an explicit choice stays
 
 
 @pytest.mark.parametrize("kernel, padding", [(5, (2, 2)), (7, (3, 3)), (5, (1, 2))])

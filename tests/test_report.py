@@ -5,7 +5,7 @@ import statistics
 import matplotlib.image
 import pytest
 
-from focalnet.report import aggregate, collect, main
+from focalnet.report import aggregate, collect, compare, learning_curve, main
 
 LEVELS, KERNELS, SEEDS = (10, 2), (3, 5), (0, 1)  # 10 first: the report must sort numerically, not as text
 
@@ -107,7 +107,9 @@ def test_errors(tmp_path, capsys):
     assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
-def test_wandb_offline(sweep, monkeypatch):
+@pytest.mark.parametrize("folder", ["sweep", "study"])  # study: the Δ and paper columns, curves.png
+def test_wandb_offline(folder, request, monkeypatch):
+    sweep = request.getfixturevalue(folder)
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(sweep / ".wandb_home"))
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -115,3 +117,139 @@ def test_wandb_offline(sweep, monkeypatch):
     main([str(sweep), "--wandb", "--wandb-group", "ablation"])
     runs = list((sweep / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+
+
+# A study over model.focal_levels with baseline 3, by seed. Differences (points) against the baseline: 4 is better by
+# [2, 2.5, 2], 2 straddles 0 with [1, -1, 0.5], 1 is worse by [-5, -4, -6], 0 ran seed 0 only.
+STUDY_ACCS = {3: [0.90, 0.91, 0.92], 4: [0.92, 0.935, 0.94], 2: [0.91, 0.90, 0.925], 1: [0.85, 0.87, 0.86], 0: [0.80]}
+T_975_2 = 4.302653  # t quantile for 95% two-sided with 3 pairs
+
+
+HYDRA_YAML = "hydra:\n  runtime:\n    choices:\n      data: fashion_mnist\n"
+
+
+STUDY_CONFIG = """seed: 0
+data:
+  _target_: focalnet.data.FashionMNISTDataModule
+  root: ../shared/data/fashion-mnist
+study:
+  baseline: {model.focal_levels: 3}
+  paper:
+    source: "Table 14 (FocalNet-T LRF, ImageNet-1K top-1)"
+    top1: {0: 75.7, 1: 82.0, 2: 82.1, 3: 82.3}   # none for 4
+"""
+
+
+def val_curve(level, seed):
+    return [0.5 + level / 100 + seed / 1000 + epoch / 10 for epoch in range(3)]
+
+
+def write_metrics_csv(folder, val_accs):
+    """What Lightning's CSVLogger writes: validation and training metrics on separate lines of each epoch."""
+    (folder / "csv").mkdir()
+    lines = ["epoch,step,train/loss_epoch,val/acc_top1,test/acc_top1"]
+    for epoch, v in enumerate(val_accs):
+        lines += [f"{epoch},{epoch * 10 + 9},,{v},", f"{epoch},{epoch * 10 + 9},1.5,,"]
+    lines.append(f"{len(val_accs)},{len(val_accs) * 10},,,0.9")  # the test line: no validation value
+    (folder / "csv" / "metrics.csv").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def study(tmp_path):
+    root = tmp_path / "ablation"
+    num = 0
+    for level, accs in STUDY_ACCS.items():
+        for seed, a in enumerate(accs):
+            folder = root / f"{num}_model.focal_levels-{level}+seed-{seed}"
+            (folder / ".hydra").mkdir(parents=True)
+            (folder / ".hydra" / "config.yaml").write_text(STUDY_CONFIG)
+            (folder / ".hydra" / "hydra.yaml").write_text(HYDRA_YAML)
+            overrides = {"model.focal_levels": level, "seed": seed}
+            summary = {"status": "completed", "overrides": overrides, "job_num": num, "seed": seed, "params": 1000,
+                       "flops": 10**6 * (level + 1), "metrics": {"test/acc_top1": a}, "run_dir": str(folder)}
+            (folder / "summary.json").write_text(json.dumps(summary))
+            write_metrics_csv(folder, val_curve(level, seed))
+            num += 1
+    return root
+
+
+def table(md):
+    """The results table of a results.md as one {column: cell} per row."""
+    lines = [line.strip("| ").split(" | ") for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    return {int(r[0]): dict(zip(lines[0], r)) for r in lines[1:]}
+
+
+def t_interval(diffs):
+    mean, half = statistics.mean(diffs), T_975_2 * statistics.stdev(diffs) / len(diffs) ** 0.5
+    return mean, half
+
+
+def test_study_report(study, tmp_path):
+    out = tmp_path / "report"
+    main([str(study), "--out", str(out)])
+    md = (out / "results.md").read_text()
+    rows = table(md)
+    assert "Baseline: `model.focal_levels=3`; data: Fashion-MNIST (seeded 60k/10k split)" in md
+    assert "**How to read.**" in md and "Table 14 (FocalNet-T LRF, ImageNet-1K top-1)" in md
+
+    assert rows[3]["Δ top-1 (pts)"] == "baseline" and rows[3]["verdict"] == "-"
+    for level, verdict in ((4, "better"), (2, "within noise"), (1, "worse")):
+        diffs = [100 * (a - b) for a, b in zip(STUDY_ACCS[level], STUDY_ACCS[3])]
+        mean, half = t_interval(diffs)
+        r = rows[level]
+        assert r["Δ top-1 (pts)"] == f"{mean:+.2f}"
+        assert r["95% CI (t)"] == f"[{mean - half:+.2f}, {mean + half:+.2f}]"
+        assert r["resolves ± (pts)"] == f"±{half:.2f}"
+        assert r["verdict"] == verdict
+    # By hand: 4 is better by 2.17 ± 0.72 points, the interval [1.45, 2.88] lies above 0.
+    assert (rows[4]["Δ top-1 (pts)"], rows[4]["95% CI (t)"]) == ("+2.17", "[+1.45, +2.88]")
+    # Resampling [2, 2.5, 2]: a mean of 2.5 (all three draws 2.5) has probability 1/27 > 2.5%, 2.0 has 8/27.
+    assert rows[4]["95% CI (bootstrap)"] == "[+2.00, +2.50]"
+    assert rows[1]["95% CI (t)"] == "[-7.48, -2.52]"  # -5 ± 4.302653 * 1 / sqrt(3)
+    assert rows[0]["Δ top-1 (pts)"] == "-10.00" and rows[0]["verdict"] == "n/a (1 seed)"
+    assert rows[0]["95% CI (t)"] == rows[0]["95% CI (bootstrap)"] == rows[0]["resolves ± (pts)"] == "-"
+
+    assert {lv: (r["paper top-1 (%)"], r["paper Δ (pts)"]) for lv, r in rows.items()} == {
+        0: ("75.7", "-6.6"), 1: ("82.0", "-0.3"), 2: ("82.1", "-0.2"), 3: ("82.3", "+0.0"), 4: ("-", "-")}
+
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == sum(len(a) for a in STUDY_ACCS.values())  # still one row per job
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert matplotlib.image.imread(out / "curves.png").size > 0
+
+
+def test_baseline_flag_overrides_study(study, tmp_path):
+    out = tmp_path / "report"
+    main([str(study), "--out", str(out), "--baseline", "model.focal_levels=4"])
+    md = (out / "results.md").read_text()
+    rows = table(md)
+    assert "Baseline: `model.focal_levels=4`" in md and rows[4]["Δ top-1 (pts)"] == "baseline"
+    assert (rows[3]["Δ top-1 (pts)"], rows[3]["verdict"]) == ("-2.17", "worse")
+    assert rows[3]["paper Δ (pts)"] == "-"  # the paper has no number for the new baseline
+    with pytest.raises(SystemExit):
+        main([str(study), "--baseline", "model.focal_levels=3,4"])
+
+
+def test_no_study_no_difference_columns(sweep, tmp_path):
+    main([str(sweep), "--out", str(tmp_path / "report")])
+    md = (tmp_path / "report" / "results.md").read_text()
+    assert "Baseline" not in md and "verdict" not in md and "paper" not in md
+
+
+def test_learning_curve(study):
+    job = next(study.glob("*_model.focal_levels-2+seed-1"))
+    assert learning_curve(job) == pytest.approx({e: 100 * v for e, v in enumerate(val_curve(2, 1))})
+    assert learning_curve(study / "nowhere") == {}
+
+
+def test_grid_baseline_pairs_within_other_keys():
+    """With a baseline naming one key of a grid, each row is compared with the baseline at its own other values."""
+    rows = [{"status": "completed", "overrides": {"a": a, "b": b, "seed": s}, "seed": s, "params": None,
+             "flops": None, "train_images_per_s": None, "test/acc_top1": 0.5 + a / 10 + b / 100 + s / 1000}
+            for a in (1, 2) for b in (1, 2) for s in (0, 1, 2)]
+    configs = aggregate(rows)
+    compare(configs, ["a", "b"], {"baseline": {"a": 1}})
+    by = {(c["a"], c["b"]): c for c in configs}
+    assert by[1, 1]["is_baseline"] and by[1, 2]["is_baseline"]
+    assert by[2, 2]["delta"] == pytest.approx(10) and by[2, 2]["half_width"] == pytest.approx(0, abs=1e-9)
+    assert by[2, 2]["verdict"] == "better"

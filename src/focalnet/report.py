@@ -1,10 +1,14 @@
 """focalnet-report: turn a sweep folder (one summary.json per job) into a paper-style ablation table and plots.
 
-    focalnet-report multirun/2024-05-01/12-00-00 [--out DIR] [--[no-]wandb --wandb-project P --wandb-group G]
+    focalnet-report multirun/2024-05-01/12-00-00 [--out DIR] [--baseline KEY=VALUE]
+                    [--[no-]wandb --wandb-project P --wandb-group G]
 
 Writes results.csv (one row per job), results.md (one row per configuration: jobs grouped by the overrides that
-differ between them, minus ``seed``; test top-1 as mean ± std over seeds) and acc_vs_*.png. When the jobs logged
-to W&B (their summary.json says where), the table and plots go to one more run in the same project and group.
+differ between them, minus ``seed``; test top-1 as mean ± std over seeds), acc_vs_*.png and curves.png (validation
+top-1 per epoch, from the jobs' CSV-logger metrics.csv). With a baseline (the `study:` block of the jobs' config,
+or --baseline) every other row also gets its difference to it, paired by seed, with 95% intervals and a verdict;
+with the study's `paper:` numbers, the paper's top-1 and difference for the same setting. When the jobs logged to
+W&B (their summary.json says where), the table and plots go to one more run in the same project and group.
 """
 
 from __future__ import annotations
@@ -15,10 +19,18 @@ import json
 import os
 import re
 import statistics
+import sys
 from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy import stats
 
 METRICS = ("test/acc_top1", "val/acc_top1")
 STATS = ("params", "flops", "train_images_per_s", "wall_time_s", "time_to_first_step_s")
+# What compare() adds to a configuration: its paired difference to the baseline (test top-1, percentage points).
+PAIRED = ("n_pairs", "delta", "ci_low", "ci_high", "boot_low", "boot_high", "half_width", "verdict")
+BOOTSTRAP_RESAMPLES = 10_000
 
 
 def _normalize(value):
@@ -36,16 +48,21 @@ def _sort_key(value):
     return (2, 0, str(value))
 
 
+def _parse_overrides(items: list[str]) -> dict:
+    """Hydra overrides as {key: value}, values typed as Hydra types them (3, true, none -> 3, True, "none")."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(items)}
+
+
 def _hydra_overrides(folder: Path) -> dict:
     """The overrides of a job that left no readable summary, from Hydra's own record of them."""
     path = folder / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return {}
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    parsed = OverridesParser.create().parse_overrides(list(OmegaConf.load(path)))
-    return {o.key_or_group: o.value() for o in parsed}
+    return _parse_overrides(list(OmegaConf.load(path)))
 
 
 def _missing_row(folder: Path, error: str) -> dict:
@@ -74,7 +91,8 @@ def collect(sweep_dir) -> list[dict]:
         rows.append({"job_num": s.get("job_num"), "status": s.get("status", "missing"), "overrides": overrides,
                      "seed": s.get("seed", overrides.get("seed")), **{k: s.get(k) for k in STATS},
                      **{k: metrics.get(k) for k in METRICS}, "error": s.get("error"), "run_dir": str(path.parent),
-                     "wandb": s.get("wandb"), "argv": s.get("argv")})
+                     "wandb": s.get("wandb"), "argv": s.get("argv"), "started_at": s.get("started_at"),
+                     "finished_at": s.get("finished_at"), "precision": s.get("precision")})
     for hydra_dir in root.rglob(".hydra"):
         if hydra_dir.is_dir() and not (hydra_dir.parent / "summary.json").exists():
             rows.append(_missing_row(hydra_dir.parent, f"no summary.json in {hydra_dir.parent}"))
@@ -97,6 +115,48 @@ def fixed_overrides(rows: list[dict]) -> dict:
     return {k: v for k, v in rows[0]["overrides"].items() if k != "seed" and k not in swept} if rows else {}
 
 
+def _load_yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def _data_label(choice: str | None, data: dict) -> str:
+    target, root = str(data.get("_target_")), str(data.get("root"))
+    if "fashion" in f"{choice} {target}".lower():
+        # The shared copy is not the official split (/work/shared/data/README.md): say so wherever it is quoted.
+        seeded = "shared/data/fashion-mnist" in root
+        return "Fashion-MNIST (seeded 60k/10k split)" if seeded else f"Fashion-MNIST (from {root})"
+    return f"`{choice or target}`"
+
+
+def read_study(rows: list[dict]) -> dict:
+    """The sweep's `study:` block and the data its jobs ran on, from the jobs' composed configs (.hydra/).
+
+    baseline: {key: value} of the row every other row is compared with; paper: {"key", "source", "top1": {value:
+    top-1 %}} keyed by the values of the baseline's one key; both normalised like the jobs' overrides, so they
+    compare equal to the table's cells. Empty/None when the jobs carry no study block.
+    """
+    study, data = {}, {}
+    for r in rows:
+        hydra_dir = Path(r["run_dir"]) / ".hydra"
+        config = _load_yaml(hydra_dir / "config.yaml")
+        if not config:
+            continue
+        study = study or config.get("study") or {}
+        choices = _load_yaml(hydra_dir / "hydra.yaml").get("hydra", {}).get("runtime", {}).get("choices", {})
+        data[_data_label(choices.get("data"), config.get("data") or {})] = None
+    baseline = {k: _normalize(v) for k, v in (study.get("baseline") or {}).items()}
+    paper = study.get("paper") or {}
+    if paper.get("top1") and len(baseline) == 1:
+        paper = {"key": next(iter(baseline)), "source": paper.get("source") or "the paper",
+                 "top1": {_normalize(k): float(v) for k, v in paper["top1"].items()}}
+    else:
+        paper = None
+    return {"baseline": baseline, "paper": paper, "data": ", ".join(data) or None}
+
+
 def aggregate(rows: list[dict]) -> list[dict]:
     """One dict per configuration (the jobs' overrides minus seed), sorted by the swept values.
     test_acc_mean / test_acc_std are fractions; std is the sample std (None below two seeds)."""
@@ -115,8 +175,50 @@ def aggregate(rows: list[dict]) -> list[dict]:
                         "images_per_s": statistics.fmean(speeds) if speeds else None,
                         "test_acc_mean": statistics.fmean(accs) if accs else None,
                         "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
-                        "n": len(done), "failed": sum(j["status"] not in ("completed", "running") for j in jobs)})
+                        "n": len(done), "failed": sum(j["status"] not in ("completed", "running") for j in jobs),
+                        "by_seed": {j.get("seed"): j["test/acc_top1"] for j in done if j["test/acc_top1"] is not None}})
     return configs
+
+
+def paired(diffs: list[float]) -> dict:
+    """The mean of paired differences, its 95% t-interval and half-width, a 95% percentile-bootstrap interval
+    (3 pairs or more) and the verdict the t-interval supports."""
+    n = len(diffs)
+    result = dict.fromkeys(PAIRED) | {"n_pairs": n, "delta": statistics.fmean(diffs) if n else None}
+    if n < 2:
+        return result | {"verdict": "n/a (1 seed)" if n else "n/a (no shared seeds)"}
+    d = np.asarray(diffs, dtype=float)
+    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n))
+    result.update(ci_low=result["delta"] - half, ci_high=result["delta"] + half, half_width=half)
+    if n >= 3:
+        # Seeded, so the same sweep always reports the same interval.
+        resamples = np.random.default_rng(0).integers(0, n, (BOOTSTRAP_RESAMPLES, n))
+        result["boot_low"], result["boot_high"] = (float(x) for x in np.percentile(d[resamples].mean(1), [2.5, 97.5]))
+    verdict = "better" if result["ci_low"] > 0 else "worse" if result["ci_high"] < 0 else "within noise"
+    return result | {"verdict": verdict}
+
+
+def compare(configs: list[dict], keys: list[str], study: dict) -> None:
+    """Adds to each configuration "is_baseline", the PAIRED fields (test top-1 minus the baseline's, in points,
+    paired by seed; None on the baseline row and without a baseline), "paper_top1" and "paper_delta".
+
+    A configuration's baseline is itself with the baseline's values put in: in a grid over more keys than the
+    baseline names, each row is compared with the baseline setting at the same other values.
+    """
+    baseline, paper = study.get("baseline") or {}, study.get("paper")
+    index = {tuple(c[k] for k in keys): c for c in configs}
+    usable = bool(baseline) and set(baseline) <= set(keys)
+    paper_base = paper["top1"].get(baseline.get(paper["key"])) if paper else None
+    for c in configs:
+        base = index.get(tuple(baseline.get(k, c[k]) for k in keys)) if usable else None
+        c["is_baseline"] = base is c
+        if base is None or base is c:
+            c.update(dict.fromkeys(PAIRED))
+        else:
+            c.update(paired([100 * (acc - base["by_seed"][s]) for s, acc in c["by_seed"].items()
+                             if s in base["by_seed"]]))
+        c["paper_top1"] = paper["top1"].get(c.get(paper["key"])) if paper else None
+        c["paper_delta"] = None if c["paper_top1"] is None or paper_base is None else c["paper_top1"] - paper_base
 
 
 def _human(x) -> str:
@@ -135,13 +237,70 @@ def _acc(c: dict) -> str:
     return mean if c["test_acc_std"] is None else f"{mean} ± {100 * c['test_acc_std']:.2f}"
 
 
-def to_markdown(sweep_dir, rows: list[dict], configs: list[dict]) -> str:
+def _signed(x, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:+.{digits}f}"
+
+
+def _interval(low, high) -> str:
+    return "-" if low is None else f"[{_signed(low)}, {_signed(high)}]"
+
+
+def _delta_cells(c: dict) -> list[str]:
+    if c["is_baseline"]:
+        return ["baseline", "-", "-", "-", "-"]
+    half = "-" if c["half_width"] is None else f"±{c['half_width']:.2f}"
+    return [_signed(c["delta"]), _interval(c["ci_low"], c["ci_high"]), _interval(c["boot_low"], c["boot_high"]),
+            half, c["verdict"] or "-"]
+
+
+def _how_to_read(with_delta: bool, paper: dict | None) -> str:
+    text = "**How to read.** "
+    if with_delta:
+        text += (
+            "Δ is a row's test top-1 minus the baseline's in percentage points, paired by seed (seed s against seed "
+            "s; only seeds both have) and averaged over the pairs. 95% CI (t) is mean ± t(0.975, n-1)·sd/√n of those "
+            "paired differences; its half-width, *resolves ±*, is the smallest difference this many seeds can tell "
+            f"from seed-to-seed noise. The bootstrap CI (3 pairs or more; {BOOTSTRAP_RESAMPLES:,} seeded resamples "
+            "of the pairs, percentiles) checks the t-interval without assuming normality, but runs narrow with few "
+            "seeds. The verdict is *better* or *worse* when the whole t-interval lies above or below 0, else *within "
+            "noise*: this study could not tell the difference from seed noise, which is not proof that there is "
+            "none. ")
+    if paper:
+        text += (f"The paper columns are {paper['source']}: ImageNet-1K with a far larger model and recipe, so "
+                 "compare the direction of paper Δ with Δ, not the values.")
+    return text.strip()
+
+
+def _wall_time(rows: list[dict]) -> str | None:
+    """The study's wall time (first job's start to last job's end) and what its jobs took one by one."""
+    from datetime import datetime
+
+    times = [(datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
+             for r in rows if r.get("started_at") and r.get("finished_at")]
+    if not times:
+        return None
+    span = (max(end for _, end in times) - min(start for start, _ in times)).total_seconds()
+    jobs = sorted((end - start).total_seconds() for start, end in times)
+    precisions = sorted({r["precision"] for r in rows if r.get("precision")})
+    return (f"Wall time: {span / 60:.1f} min from the first job's start to the last one's end; per job median "
+            f"{statistics.median(jobs) / 60:.1f} min (sum {sum(jobs) / 60:.1f} min)"
+            + (f"; precision {', '.join(precisions)}" if precisions else ""))
+
+
+def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | None = None) -> str:
+    """results.md; with compare()'s fields in the configurations and `study` (read_study()), the baseline and data
+    line, the Δ and paper columns and a note on how to read them."""
     keys = swept_keys(rows)
+    study = study or {}
     counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "running")}
     failed = [r for r in rows if r["status"] not in counts]
     head = f"jobs: {len(rows)}, completed: {counts['completed']}, failed: {len(failed)}"
     head += f", running: {counts['running']}" if counts["running"] else ""
+    with_delta = any(c.get("is_baseline") for c in configs)
+    with_paper = any(c.get("paper_top1") is not None for c in configs)
     cols = [*keys, "params", "FLOPs", "images/s", "test top-1 (%)", "n", "failed"]
+    cols += ["Δ top-1 (pts)", "95% CI (t)", "95% CI (bootstrap)", "resolves ± (pts)", "verdict"] if with_delta else []
+    cols += ["paper top-1 (%)", "paper Δ (pts)"] if with_paper else []
     lines = [f"# Sweep `{sweep_dir}`", ""]
     commands = {r.get("argv") for r in rows} - {None}
     if len(commands) == 1:
@@ -149,7 +308,16 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict]) -> str:
     fixed = fixed_overrides(rows)
     if fixed:
         lines += ["Every job: " + " ".join(f"`{k}={v}`" for k, v in fixed.items()), ""]
+    baseline = " ".join(f"`{k}={v}`" for k, v in (study.get("baseline") or {}).items())
+    if baseline:
+        lines += [f"Baseline: {baseline}" + ("" if with_delta else " (not among this sweep's rows: no Δ columns)")
+                  + (f"; data: {study['data']}" if study.get("data") else ""), ""]
+    elif study.get("data"):
+        lines += [f"Data: {study['data']}", ""]
     lines += [head]
+    span = _wall_time(rows)
+    if span:
+        lines += ["", span]
     starts = sorted(r["time_to_first_step_s"] for r in rows if r.get("time_to_first_step_s") is not None)
     if starts:
         lines += ["", f"Time to first training step per job: median {statistics.median(starts):.1f} s "
@@ -159,7 +327,13 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict]) -> str:
         speed = "-" if c["images_per_s"] is None else f"{c['images_per_s']:.0f}"
         cells = [*("-" if c[k] is None else str(c[k]) for k in keys), _human(c["params"]), _human(c["flops"]),
                  speed, _acc(c), str(c["n"]), str(c["failed"])]
+        cells += _delta_cells(c) if with_delta else []
+        if with_paper:
+            top1 = "-" if c["paper_top1"] is None else f"{c['paper_top1']:.1f}"
+            cells += [top1, _signed(c["paper_delta"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
+    if with_delta or with_paper:
+        lines += ["", _how_to_read(with_delta, study.get("paper") if with_paper else None)]
     if failed:
         lines += ["", "## Failed jobs", ""]
         for r in failed:
@@ -178,13 +352,27 @@ def write_csv(path: Path, rows: list[dict]) -> None:
             writer.writerow({**{k: v for k, v in r.items() if k in cols}, **{k: r["overrides"].get(k) for k in keys}})
 
 
-def plot(out: Path, configs: list[dict], keys: list[str]) -> list[Path]:
+def _pyplot():
     import matplotlib
-    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path
+
+
+def plot(out: Path, configs: list[dict], keys: list[str], baseline: dict | None = None) -> list[Path]:
+    """acc_vs_<key>.png for each swept key (the baseline's tick marked) and acc_vs_flops.png (the baseline starred)."""
+    import matplotlib.ticker
+
+    plt = _pyplot()
+    baseline = baseline or {}
     configs = [c for c in configs if c["test_acc_mean"] is not None]
     if not configs:
         return []
@@ -206,19 +394,22 @@ def plot(out: Path, configs: list[dict], keys: list[str]) -> list[Path]:
             label = ", ".join(f"{k}={v}" for k, v in zip(others, rest)) or None
             ax.errorbar([ticks.index(c[axis]) for c in cs], [pct(c, "test_acc_mean") for c in cs],
                         yerr=[pct(c, "test_acc_std") for c in cs], marker="o", capsize=3, label=label)
-        ax.set(xticks=range(len(ticks)), xticklabels=[str(t) for t in ticks], xlabel=axis, ylabel="test top-1 (%)")
+        labels = [f"{t}\n(baseline)" if axis in baseline and t == baseline[axis] else str(t) for t in ticks]
+        ax.set(xticks=range(len(ticks)), xticklabels=labels, xlabel=axis, ylabel="test top-1 (%), mean ± std",
+               title=f"Test top-1 against {axis}")
         if others:
             ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
         safe = re.sub(r"[^\w.-]", "_", axis)
-        paths.append(out / f"acc_vs_{safe}.png")
-        fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        paths.append(_save(fig, out / f"acc_vs_{safe}.png"))
     points = [c for c in configs if c["flops"]]
     if points:
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.errorbar([c["flops"] for c in points], [pct(c, "test_acc_mean") for c in points],
-                    yerr=[pct(c, "test_acc_std") for c in points], fmt="o", capsize=3)
+        for is_base in (False, True):
+            cs = [c for c in points if bool(c.get("is_baseline")) == is_base]
+            ax.errorbar([c["flops"] for c in cs], [pct(c, "test_acc_mean") for c in cs],
+                        yerr=[pct(c, "test_acc_std") for c in cs], fmt="*" if is_base else "o", capsize=3,
+                        markersize=12 if is_base else 6, label="baseline" if is_base and cs else None)
         for c in points:
             label = ", ".join(f"{k.rsplit('.', 1)[-1]}={c[k]}" for k in keys)
             ax.annotate(label, (c["flops"], pct(c, "test_acc_mean")), fontsize=7, xytext=(3, 3),
@@ -227,12 +418,62 @@ def plot(out: Path, configs: list[dict], keys: list[str]) -> list[Path]:
         if max(flops) / min(flops) > 10:
             ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter())
-        ax.set(xlabel="FLOPs (MACs)", ylabel="test top-1 (%)")
+        ax.set(xlabel="FLOPs (MACs)", ylabel="test top-1 (%), mean ± std", title="Test top-1 against FLOPs")
+        if any(c.get("is_baseline") for c in points):
+            ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
-        paths.append(out / "acc_vs_flops.png")
-        fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
-        plt.close(fig)
+        paths.append(_save(fig, out / "acc_vs_flops.png"))
     return paths
+
+
+def learning_curve(run_dir) -> dict[int, float]:
+    """{epoch: validation top-1 (%)} from the CSV logger's metrics.csv under a job folder ({} without one).
+
+    The installed wandb (0.31) ships no Python reader for its offline .wandb files, so a job that logged to W&B
+    alone has no curve here.
+    """
+    path = next(iter(sorted(Path(run_dir).rglob("metrics.csv"))), None)
+    if path is None:
+        return {}
+    with open(path, newline="") as f:
+        # Lightning writes validation and training metrics on separate lines; should an epoch appear twice (a
+        # resumed run), its last value wins.
+        return {int(r["epoch"]): 100 * float(r["val/acc_top1"]) for r in csv.DictReader(f)
+                if r.get("val/acc_top1") and r.get("epoch")}
+
+
+def plot_curves(out: Path, rows: list[dict], configs: list[dict], keys: list[str]) -> Path | None:
+    """curves.png: validation top-1 per epoch, one line per configuration (mean over its completed seeds, band
+    min-max), the baseline thicker; None when no job has a metrics.csv."""
+    curves: dict[tuple, list[dict]] = {}
+    for r in rows:
+        curve = learning_curve(r["run_dir"]) if r["status"] == "completed" else {}
+        if curve:
+            curves.setdefault(tuple(r["overrides"].get(k) for k in keys), []).append(curve)
+    if not curves:
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for c in configs:
+        runs = curves.get(tuple(c[k] for k in keys), [])
+        epochs = sorted({e for run in runs for e in run})
+        if not epochs:
+            continue
+        values = [[run[e] for run in runs if e in run] for e in epochs]
+        x = [e + 1 for e in epochs]  # Lightning counts epochs from 0: after epoch 0, one epoch has been trained
+        label = ", ".join(str(c[k]) for k in keys) or "run"
+        label += " (baseline)" if c.get("is_baseline") else ""
+        (line,) = ax.plot(x, [statistics.fmean(v) for v in values], linewidth=3 if c.get("is_baseline") else 1.5,
+                          label=label)
+        ax.fill_between(x, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.15)
+    ax.set(xlabel="epochs trained", ylabel="validation top-1 (%): mean, band min-max over seeds",
+           title=", ".join(keys) or "validation top-1")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(title=", ".join(keys) or None, fontsize="small")
+    ax.grid(alpha=0.3)
+    return _save(fig, out / "curves.png")
 
 
 def log_wandb(sweep_dir, rows, configs, plots, project: str, group: str | None, mode: str) -> None:
@@ -242,7 +483,7 @@ def log_wandb(sweep_dir, rows, configs, plots, project: str, group: str | None, 
     # wandb's service process, shared by every run of this process, resolves a relative dir against its own cwd.
     run = wandb.init(project=project, group=group, job_type="report", dir=Path(sweep_dir).resolve(), mode=mode,
                      config={"sweep_dir": str(sweep_dir)})
-    cols = list(configs[0]) if configs else []
+    cols = [k for k in configs[0] if k != "by_seed"] if configs else []  # per-seed accuracies are in "jobs"
     jobs = [{k: v for k, v in r.items() if k != "overrides"} | r["overrides"] for r in rows]
     job_cols = list({k: None for j in jobs for k in j})
     run.log({"configs": wandb.Table(columns=cols, data=[[c[k] for k in cols] for c in configs]),
@@ -251,10 +492,25 @@ def log_wandb(sweep_dir, rows, configs, plots, project: str, group: str | None, 
     wandb.finish()
 
 
+def _key_value(text: str) -> tuple:
+    try:
+        ((key, value),) = _parse_overrides([text]).items()
+    except Exception as error:  # Hydra's OverrideParseException, or not exactly one item
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}") from error
+    from hydra.core.override_parser.types import Sweep
+
+    if not key or isinstance(value, Sweep):
+        raise argparse.ArgumentTypeError(f"not KEY=VALUE (one value): {text!r}")
+    return key, _normalize(value)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="focalnet-report", description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", type=Path, help="sweep folder (e.g. a Hydra multirun folder)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the sweep folder)")
+    parser.add_argument("--baseline", action="append", type=_key_value, metavar="KEY=VALUE",
+                        help="the row every other row is compared with, e.g. model.focal_levels=3 (repeat for more "
+                             "keys; default: the `study.baseline` of the jobs' config)")
     parser.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=None,
                         help="log the table and plots to one W&B run (default: when the sweep's jobs logged to W&B)")
     parser.add_argument("--wandb-project", default=None, help="default: the jobs' W&B project, else focalnet")
@@ -267,12 +523,22 @@ def main(argv=None) -> None:
         parser.exit(2, f"focalnet-report: no summary.json or Hydra job folder under {args.sweep_dir}\n")
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
+    study = read_study(rows)
+    if args.baseline:
+        study["baseline"] = dict(args.baseline)
+    keys = swept_keys(rows)
     configs = aggregate(rows)
-    markdown = to_markdown(args.sweep_dir, rows, configs)
+    compare(configs, keys, study)
+    markdown = to_markdown(args.sweep_dir, rows, configs, study)
     write_csv(out / "results.csv", rows)
     (out / "results.md").write_text(markdown)
-    plots = plot(out, configs, swept_keys(rows))
+    plots = plot(out, configs, keys, study["baseline"])
+    curves = plot_curves(out, rows, configs, keys)
+    plots += [curves] if curves else []
     print(markdown, end="")
+    if not curves:
+        print("focalnet-report: no curves.png: no job wrote a CSV logger metrics.csv (sweep with logger=[wandb,csv])",
+              file=sys.stderr)
     jobs_wandb = next((r["wandb"] for r in rows if r.get("wandb")), None)  # what train.py recorded
     if args.wandb if args.wandb is not None else jobs_wandb is not None:
         jobs_wandb = jobs_wandb or {}

@@ -132,10 +132,18 @@ def instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c, _convert_="all") for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
+def resolve_trainer_precision(cfg: DictConfig, summary: dict) -> None:
+    """trainer.precision=auto becomes what this machine runs best (focalnet.precision); the summary says which."""
+    from focalnet.precision import resolve_precision
+
+    summary["precision"] = cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+
+
 def build_trainer(cfg: DictConfig, summary: dict):
     """Loggers (W&B name and group filled in from the job), callbacks and the Trainer."""
     from hydra.utils import instantiate
 
+    resolve_trainer_precision(cfg, summary)
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if wandb_cfg is not None:
         wandb_cfg.name = wandb_cfg.name or summary["override_string"] or None
@@ -180,6 +188,7 @@ def train(cfg: DictConfig, summary: dict) -> None:
 
     # Plain containers, not DictConfigs: the data module's hyperparameters go into checkpoints, which must load
     # with torch.load(weights_only=True).
+    resolve_trainer_precision(cfg, summary)  # before the config is recorded: runs and W&B show what ran
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     stats = focalnet.model_stats(model, cfg.data.image_size, cfg.data.in_channels)

@@ -5,6 +5,7 @@ from focalnet.data.base import VisionDataModule
 from focalnet.data.cifar import CIFAR10DataModule, CIFAR100DataModule
 from focalnet.data.digits import DigitsDataModule
 from focalnet.data.imagefolder import ImageFolderDataModule
+from focalnet.data.mnist import FashionMNISTDataModule, MNISTDataModule
 from focalnet.data.synthetic import SyntheticDataModule
 
 __all__ = [
@@ -13,7 +14,9 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "DigitsDataModule",
+    "FashionMNISTDataModule",
     "ImageFolderDataModule",
+    "MNISTDataModule",
     "SyntheticDataModule",
     "VisionDataModule",
     "build_augment",

@@ -2,8 +2,9 @@
 
 One implementation for the isotropic models (one stage, patch 16) and the hierarchical ones (four stages that
 halve the resolution and double the width). Tokens stay channels-last, `[B, H, W, C]`, from the stem to the
-head, so every dense layer is a `nn.Linear` over tokens and no layout permute costs a copy; the depthwise
-convolutions see the same memory as an NCHW tensor in `channels_last` format.
+head, so every dense layer is a matrix product over tokens (`gemm.Dense`: MKL's or oneDNN's, whichever is faster
+for the shape on this machine) and no layout permute costs a copy; the depthwise convolutions see the same memory
+as an NCHW tensor in `channels_last` format.
 
 Parameter names follow the official release (`patch_embed`, `layers.i.blocks.j.modulation.f`,
 `layers.i.downsample` at the end of stage i, `gamma_1`, `modulation.ln`, `head`), so official checkpoints load
@@ -26,6 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from focalnet.models.gemm import Dense, dense
 
 __all__ = ["FocalNet", "create_model", "list_models", "load_pretrained", "convert_state_dict"]
 
@@ -82,14 +85,14 @@ class FocalModulation(nn.Module):
         self.gate_act = gate_act
         self.kernel_sizes = [focal_factor * k + focal_window for k in range(focal_level)]
 
-        self.f = nn.Linear(dim, 2 * dim + self.num_gates, bias=bias)
+        self.f = Dense(dim, 2 * dim + self.num_gates, bias=bias, fast=fast)
         self.focal_layers = nn.ModuleList(
             nn.Sequential(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim, bias=False), nn.GELU())
             for k in self.kernel_sizes
         )
-        self.h = nn.Linear(dim, dim, bias=bias)
+        self.h = Dense(dim, dim, bias=bias, fast=fast)
         self.ln = nn.LayerNorm(dim) if use_postln_in_modulation else None
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Dense(dim, dim, fast=fast)
         self.proj_drop = nn.Dropout(proj_drop)
         # Analysis only: when set, forward keeps `gates` and `modulator` (both [B, H, W, *]) on the module.
         self.store_modulator = False
@@ -207,11 +210,11 @@ class _DepthwiseConvCPU(torch.autograd.Function):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, fast: bool = True):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Dense(dim, hidden, fast=fast)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Dense(hidden, dim, fast=fast)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -237,7 +240,7 @@ class FocalNetBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.modulation = FocalModulation(dim, proj_drop=drop, **modulation)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop, fast=modulation.get("fast", True))
         self.drop_path = DropPath(drop_path)
         if use_layerscale:
             self.gamma_1 = nn.Parameter(torch.full((dim,), float(layerscale_value)))
@@ -305,12 +308,12 @@ class PatchEmbed(nn.Module):
             x = x[:, : H - H % s, : W - W % s]  # the conv drops the remainder rows and columns too
             # Patches ordered (row, column, channel): contiguous C-runs gather fast; the weight is reordered to match.
             x = x.reshape(B, H // s, s, W // s, s, C).transpose(2, 3).reshape(B, H // s, W // s, s * s * C)
-            return F.linear(x, w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), self.proj.bias)
+            return dense(x, w.permute(0, 2, 3, 1).reshape(w.shape[0], -1), self.proj.bias)
         B, C, H, W = x.shape
         x = x[:, :, : H - H % s, : W - W % s]
         # Patches ordered (channel, row, column), the conv weight's own order.
         x = x.reshape(B, C, H // s, s, W // s, s).permute(0, 2, 4, 1, 3, 5).reshape(B, H // s, W // s, C * s * s)
-        return F.linear(x, w.reshape(w.shape[0], -1), self.proj.bias)
+        return dense(x, w.reshape(w.shape[0], -1), self.proj.bias)
 
 
 class FocalNetStage(nn.Module):

@@ -1,0 +1,45 @@
+"""`precision: auto`: bf16 mixed precision where the hardware runs bf16 natively, full fp32 elsewhere.
+
+Measured (README, Speed): on a Zen 5 EPYC (AVX512-BF16) bf16 autocast made the 224 px training step 2.3x and the
+default digits run 1.5x faster; on a Zen 3 EPYC (AVX2, no bf16 instructions) oneDNN emulates bf16 and the same
+GEMMs run 8x slower than in fp32. So the choice follows the instruction set, not the library's support.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# x86: AVX512-BF16 (Cooper Lake, Sapphire Rapids, Zen 4/5) or AMX; Arm: the BF16 extension (Graviton 3, Neoverse V1+).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether `device_type` ("cpu", "cuda", "gpu") computes in bf16 in hardware."""
+    if device_type in ("cuda", "gpu"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+    if device_type == "cpu":
+        return bool(cpu_flags() & set(BF16_CPU_FLAGS))
+    return False
+
+
+def resolve_precision(precision, accelerator: str = "auto") -> str:
+    """Lightning's precision for `precision`; "auto" becomes bf16-mixed on native-bf16 hardware, else 32-true.
+    Other values pass through: Lightning checks them."""
+    if precision != "auto":
+        return precision
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    return "bf16-mixed" if native_bf16(accelerator) else "32-true"
