@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -109,6 +110,11 @@ def test_training_learns_and_records_the_run(trained_run):
     assert summary["best"]["epoch"] in (0, 1, 2) and 0 < summary["best"]["val/acc_top1"] <= 1
     assert summary["command"].startswith("focalnet-train trainer.max_epochs=3")
     assert summary["finished_at"] and summary["wall_time_s"] > 0 and "torch" in summary["versions"]
+    # precision=auto (the default) resolved for this machine, and recorded as what ran.
+    from focalnet.precision import resolve_precision
+
+    assert summary["precision"] == resolve_precision("auto", "cpu") in ("32-true", "bf16-mixed")
+    assert json.loads((trained_run / "summary.json").read_text())["precision"] == summary["precision"]
     assert (trained_run / ".hydra" / "config.yaml").is_file()
     assert {p.name for p in (trained_run / "checkpoints").glob("*.ckpt")} == {
         "epoch000.ckpt",
@@ -139,6 +145,17 @@ def test_wandb_offline_run_holds_config_and_metrics(trained_run):
     assert steps_with("test/acc_top1")[0]["test/acc_top1"] == pytest.approx(summary["metrics"]["test/acc_top1"])
     config = json.dumps([r for r in records if r["type"] == "config"])
     assert "focal_levels" in config and "hidden_size" in config and '"params"' in config
+    # The precision that ran, not "auto".
+    assert re.search(r"precision\W+" + summary["precision"], config) and not re.search(r"precision\W+auto", config)
+
+
+def test_report_reads_the_learning_curve_back_from_the_offline_wandb_run(trained_run):
+    from focalnet.report import learning_curve
+
+    assert not list(trained_run.rglob("metrics.csv"))  # W&B alone: the curve comes from the .wandb file
+    logged = [r["history"]["item"] for r in wandb_records(trained_run) if r["type"] == "history"]
+    expected = {h["epoch"]: 100 * h["val/acc_top1"] for h in logged if "val/acc_top1" in h}
+    assert sorted(expected) == [0, 1, 2] and learning_curve(trained_run) == pytest.approx(expected)
 
 
 def test_eval_reproduces_the_test_accuracy(trained_run, tmp_path):

@@ -5,10 +5,11 @@
 
 Writes results.csv (one row per job), results.md (one row per configuration: jobs grouped by the overrides that
 differ between them, minus ``seed``; test top-1 as mean ± std over seeds), acc_vs_*.png and curves.png (validation
-top-1 per epoch, from the jobs' CSV-logger metrics.csv). With a baseline (the `study:` block of the jobs' config,
-or --baseline) every other row also gets its difference to it, paired by seed, with 95% intervals and a verdict;
-with the study's `paper:` numbers, the paper's top-1 and difference for the same setting. When the jobs logged to
-W&B (their summary.json says where), the table and plots go to one more run in the same project and group.
+top-1 per epoch, from the jobs' CSV-logger metrics.csv or their offline W&B runs). With a baseline (the `study:`
+block of the jobs' config, or --baseline) every other row also gets its difference to it, paired by seed, with
+95% intervals and a verdict; with the study's `paper:` numbers, the paper's top-1 and difference for the same
+setting. When the jobs logged to W&B (their summary.json says where), the table and plots go to one more run in the
+same project and group.
 """
 
 from __future__ import annotations
@@ -188,12 +189,14 @@ def paired(diffs: list[float]) -> dict:
     if n < 2:
         return result | {"verdict": "n/a (1 seed)" if n else "n/a (no shared seeds)"}
     d = np.asarray(diffs, dtype=float)
-    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n))
+    half = float(stats.t.ppf(0.975, n - 1) * stats.sem(d))  # t.interval itself gives nan when every pair agrees
     result.update(ci_low=result["delta"] - half, ci_high=result["delta"] + half, half_width=half)
-    if n >= 3:
+    if n >= 3 and np.ptp(d) > 0:
         # Seeded, so the same sweep always reports the same interval.
-        resamples = np.random.default_rng(0).integers(0, n, (BOOTSTRAP_RESAMPLES, n))
-        result["boot_low"], result["boot_high"] = (float(x) for x in np.percentile(d[resamples].mean(1), [2.5, 97.5]))
+        boot = stats.bootstrap((d,), np.mean, n_resamples=BOOTSTRAP_RESAMPLES, method="percentile", rng=0)
+        result["boot_low"], result["boot_high"] = (float(x) for x in boot.confidence_interval)
+    elif n >= 3:  # every pair the same difference: the bootstrap has nothing to resample
+        result["boot_low"] = result["boot_high"] = float(d[0])
     verdict = "better" if result["ci_low"] > 0 else "worse" if result["ci_high"] < 0 else "within noise"
     return result | {"verdict": verdict}
 
@@ -427,24 +430,39 @@ def plot(out: Path, configs: list[dict], keys: list[str], baseline: dict | None 
 
 
 def learning_curve(run_dir) -> dict[int, float]:
-    """{epoch: validation top-1 (%)} from the CSV logger's metrics.csv under a job folder ({} without one).
-
-    The installed wandb (0.31) ships no Python reader for its offline .wandb files, so a job that logged to W&B
-    alone has no curve here.
-    """
+    """{epoch: validation top-1 (%)} from what the job logged: the CSV logger's metrics.csv, else its offline W&B
+    runs ({} when neither is there). Should an epoch appear twice (a resumed run), its last value wins."""
     path = next(iter(sorted(Path(run_dir).rglob("metrics.csv"))), None)
-    if path is None:
-        return {}
-    with open(path, newline="") as f:
-        # Lightning writes validation and training metrics on separate lines; should an epoch appear twice (a
-        # resumed run), its last value wins.
-        return {int(r["epoch"]): 100 * float(r["val/acc_top1"]) for r in csv.DictReader(f)
-                if r.get("val/acc_top1") and r.get("epoch")}
+    if path is not None:
+        with open(path, newline="") as f:  # Lightning writes validation and training metrics on separate lines
+            rows = list(csv.DictReader(f))
+    else:
+        rows = _wandb_history(Path(run_dir))
+    return {int(float(r["epoch"])): 100 * float(r["val/acc_top1"]) for r in rows
+            if r.get("val/acc_top1") not in (None, "") and r.get("epoch") not in (None, "")}
+
+
+def _wandb_history(run_dir: Path) -> list[dict]:
+    """The history rows of a job's offline W&B runs, oldest first, read back with wandb's own reader
+    (`wandb leet inspect --json`; the wandb package has no Python API for offline files)."""
+    import subprocess
+
+    rows = []
+    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
+        wandb_cli = Path(sys.executable).parent / "wandb"
+        try:
+            out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(path)], capture_output=True,
+                                 text=True, timeout=120, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue  # an unreadable run has no curve; the table does not need it
+        records = (json.loads(line) for line in out.splitlines() if line.strip())
+        rows += [r["history"]["item"] for r in records if r.get("type") == "history"]
+    return rows
 
 
 def plot_curves(out: Path, rows: list[dict], configs: list[dict], keys: list[str]) -> Path | None:
     """curves.png: validation top-1 per epoch, one line per configuration (mean over its completed seeds, band
-    min-max), the baseline thicker; None when no job has a metrics.csv."""
+    min-max), the baseline thicker; None when no job logged a curve."""
     curves: dict[tuple, list[dict]] = {}
     for r in rows:
         curve = learning_curve(r["run_dir"]) if r["status"] == "completed" else {}
@@ -537,7 +555,7 @@ def main(argv=None) -> None:
     plots += [curves] if curves else []
     print(markdown, end="")
     if not curves:
-        print("focalnet-report: no curves.png: no job wrote a CSV logger metrics.csv (sweep with logger=[wandb,csv])",
+        print("focalnet-report: no curves.png: no job logged validation top-1 per epoch (CSV or offline W&B)",
               file=sys.stderr)
     jobs_wandb = next((r["wandb"] for r in rows if r.get("wandb")), None)  # what train.py recorded
     if args.wandb if args.wandb is not None else jobs_wandb is not None:

@@ -532,6 +532,29 @@ class FocalNet(nn.Module):
                     m.gates = m.modulator = None
         return self
 
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
+        """`forward(x)` and what every block's focal modulation computed, for analysis and figures (focalnet.viz).
+
+        Returns `(output, maps)`, `maps` one dict per block in forward order: `stage` and `block` (indices),
+        `gates` `[B, H, W, L+1]`: the weight each token gives focal level l = 0..L-1 and, last, the global
+        context (`[B, H, W, L]` without global context); `modulator` `[B, H, W, C]`: h(gated context sum), what
+        multiplies each token's query; its L2 norm over channels is the paper's modulator map. H, W are the
+        stage's token grid. Storing is on for this call only (the previous setting is restored), so a plain
+        forward keeps nothing; gradients flow as in `forward` (wrap it in `torch.no_grad()` to keep none).
+        """
+        blocks = [(i, j, blk.modulation) for i, stage in enumerate(self.layers) for j, blk in enumerate(stage.blocks)]
+        before = [m.store_modulator for _, _, m in blocks]
+        self.set_store_modulator(True)
+        try:
+            out = self(x)
+            maps = [{"stage": i, "block": j, "gates": m.gates, "modulator": m.modulator} for i, j, m in blocks]
+        finally:
+            for (_, _, m), store in zip(blocks, before):
+                m.store_modulator = store
+                if not store:
+                    m.gates = m.modulator = None
+        return out, maps
+
     def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps at the end of every stage (before its downsampling), NCHW, for dense-prediction heads."""
         x = self.pos_drop(self.patch_embed(x))
