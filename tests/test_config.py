@@ -89,7 +89,10 @@ def test_trainer_options(name, tmp_path):
     overrides = [f"trainer={name}"]
     if name in ("gpu", "ddp", "multinode"):  # this machine has no GPU: build the same Trainer on the CPU
         overrides += ["trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=1"]
+    from focalnet.train import resolve_trainer_precision
+
     cfg = compose_train(overrides, tmp_path)
+    resolve_trainer_precision(cfg, {})  # as the app does: precision=auto becomes what this machine runs
     trainer = instantiate(cfg.trainer, logger=False)
     assert trainer.max_epochs == cfg.trainer.max_epochs
     if name == "ddp_cpu":
