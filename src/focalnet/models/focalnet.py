@@ -185,6 +185,11 @@ class _DepthwiseConvCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            # As autocast would cast them for the conv: backward's aten ops take no mixed dtypes (the gradient comes
+            # back in autocast's dtype; autograd casts the weight's to the parameter's).
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight = x.to(dtype), weight.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.padding = padding
         return F.conv2d(x, weight, None, padding=padding, groups=x.shape[1])
