@@ -1,13 +1,16 @@
 """Shared base: DataLoaders plus the on-device transform (to float, resize, augment while training, normalise)."""
 
+import hashlib
 import itertools
 import warnings
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import kornia.augmentation as K
 import lightning as L
 import torch
 from kornia.geometry.transform import resize
+from torch.hub import download_url_to_file
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from focalnet.data.augment import build_augment
@@ -139,3 +142,15 @@ def check_fixed(key: str, value, expected, dataset: str) -> None:
     """The yaml carries num_classes/in_channels for the model config; for a fixed dataset they must match it."""
     if value != expected:
         raise ValueError(f"data.{key}={value!r} but {dataset} has {expected}")
+
+
+def download_checked(url: str, folder: Path, md5: str) -> Path:
+    """Fetch `url` into `folder`; a file whose MD5 is not `md5` is removed and the call fails in one line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / url.rsplit("/", 1)[-1]
+    download_url_to_file(url, str(file))
+    digest = hashlib.md5(file.read_bytes()).hexdigest()
+    if digest != md5:
+        file.unlink()
+        raise RuntimeError(f"{url} downloaded with MD5 {digest}, expected {md5}; removed it, try again")
+    return file

@@ -1,30 +1,21 @@
 """CIFAR-10/100 from the official python-pickle batches, held in memory as uint8 tensors."""
 
-import hashlib
 import pickle
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.hub import download_url_to_file
 from torch.utils.data import TensorDataset
 
 from focalnet.data.augment import NO_AUGMENT
-from focalnet.data.base import VisionDataModule, check_fixed
+from focalnet.data.base import VisionDataModule, check_fixed, download_checked
 
 CIFAR_AUGMENT = {**NO_AUGMENT, "random_crop": {"padding": 4}, "hflip": 0.5}
 
 
 def download_and_extract(url: str, root: Path, md5: str) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    archive = root / url.rsplit("/", 1)[-1]
-    download_url_to_file(url, str(archive))
-    digest = hashlib.md5(archive.read_bytes()).hexdigest()
-    if digest != md5:
-        archive.unlink()
-        raise RuntimeError(f"{url} downloaded with MD5 {digest}, expected {md5}; removed it, try again")
-    with tarfile.open(archive) as tar:
+    with tarfile.open(download_checked(url, root, md5)) as tar:
         tar.extractall(root, filter="data")
 
 

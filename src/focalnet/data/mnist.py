@@ -1,18 +1,16 @@
 """Fashion-MNIST and MNIST from the four standard IDX files (gzipped or plain), held in memory as uint8 tensors."""
 
 import gzip
-import hashlib
 import math
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.hub import download_url_to_file
 from torch.utils.data import TensorDataset
 
 from focalnet.data.augment import NO_AUGMENT
-from focalnet.data.base import VisionDataModule, check_fixed
+from focalnet.data.base import VisionDataModule, check_fixed, download_checked
 
 # Shifts of up to 2 px, plus mirroring for clothes; digits are not mirror-symmetric.
 FASHION_AUGMENT = {**NO_AUGMENT, "random_crop": {"padding": 2}, "hflip": 0.5}
@@ -21,16 +19,6 @@ SPLITS = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-
-
-def download_checked(url: str, folder: Path, md5: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    file = folder / url.rsplit("/", 1)[-1]
-    download_url_to_file(url, str(file))
-    digest = hashlib.md5(file.read_bytes()).hexdigest()
-    if digest != md5:
-        file.unlink()
-        raise RuntimeError(f"{url} downloaded with MD5 {digest}, expected {md5}; removed it, try again")
 
 
 def read_idx(path: Path, ndim: int) -> torch.Tensor:
