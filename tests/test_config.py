@@ -79,6 +79,7 @@ def test_card_sweep_axes_override(tmp_path):
 
 @pytest.mark.parametrize("name", options("data"))
 def test_data_options(name, tmp_path):
+    (tmp_path / "a_class").mkdir()  # imagefolder counts its class folders when built (data.num_classes=auto)
     cfg = compose_train([f"data={name}", f"data.root={tmp_path}"], tmp_path)
     datamodule = instantiate(cfg.data, _convert_="all")
     assert datamodule.batch_size == cfg.data.batch_size

@@ -384,8 +384,11 @@ def test_imagefolder_errors_name_the_problem(image_root, tmp_path):
     with pytest.raises(ValueError, match="val class 'owl' has no folder in train/"):
         ImageFolderDataModule(root=str(image_root), num_classes=3).setup()
     missing = tmp_path / "missing"
-    with pytest.raises(FileNotFoundError, match=f"data.root={missing} has no train/ folder"):
-        ImageFolderDataModule(root=str(missing), num_classes=3).setup()
+    with pytest.raises(FileNotFoundError, match=f"data.root={missing}: no such folder"):
+        ImageFolderDataModule(root=str(missing), num_classes=3)
+    (image_root / "train").rename(image_root / "training")
+    with pytest.raises(FileNotFoundError, match=f"data.root={image_root} has no train/ folder"):
+        ImageFolderDataModule(root=str(image_root), num_classes=3)
     with pytest.raises(ValueError, match="data.on_corrupt='ignore'"):
         ImageFolderDataModule(root=str(image_root), num_classes=3, on_corrupt="ignore")
 

@@ -396,3 +396,115 @@ def test_model_compiles_without_graph_breaks():
     for model in (create_model("focalnet_tiny_lrf", num_classes=5, **SMALL), FocalNet.build(32, 4, 1, 16, 2)):
         explained = torch._dynamo.explain(model)(torch.randn(2, model.patch_embed.proj.in_channels, 32, 32))
         assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+# --- transformers' layout, and exports to every format ----------------------------------------------------------
+
+
+def _hf_state(model):
+    """transformers' FocalNetForImageClassification names and layouts, written out by hand from modeling_focalnet.py."""
+    sub = [
+        (r"^patch_embed\.proj\.", "focalnet.embeddings.patch_embeddings.projection."),
+        (r"^patch_embed\.norm\.", "focalnet.embeddings.norm."),
+        (r"^layers\.(\d+)\.blocks\.(\d+)\.", r"focalnet.encoder.stages.\1.layers.\2."),
+        (r"^layers\.(\d+)\.downsample\.proj\.", r"focalnet.encoder.stages.\1.downsample.projection."),
+        (r"^layers\.(\d+)\.downsample\.norm\.", r"focalnet.encoder.stages.\1.downsample.norm."),
+        (r"modulation\.f\.", "modulation.projection_in."),
+        (r"modulation\.h\.", "modulation.projection_context."),
+        (r"modulation\.proj\.", "modulation.projection_out."),
+        (r"modulation\.ln\.", "modulation.layernorm."),
+        (r"^norm\.", "focalnet.layernorm."),
+        (r"^head\.", "classifier."),
+    ]
+    out = {}
+    for k, v in model.state_dict().items():
+        v = v[..., None, None] if k.endswith("modulation.h.weight") else v
+        for pattern, repl in sub:
+            k = re.sub(pattern, repl, k)
+        out[k] = v
+    return out
+
+
+def _hf_folder(folder, model, **config):
+    """A folder as transformers' save_pretrained writes it: config.json (only the keys that differ from its
+    defaults, as save_pretrained writes them) and model.safetensors."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    labels = {str(i): f"LABEL_{i}" for i in range(model.num_classes)}
+    (folder / "config.json").write_text(json.dumps({"model_type": "focalnet", "id2label": labels, **config}))
+    save_file({k: v.contiguous() for k, v in _hf_state(model).items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["focalnet_tiny_srf", "focalnet_large_fl4", "focalnet_huge_fl3"])
+def test_transformers_folders_and_weights_files_load_with_the_same_logits(tmp_path, name):
+    torch.manual_seed(0)
+    src = create_model(name, num_classes=7, **SMALL).eval()
+    a = src.arch
+    config = dict(
+        image_size=64, embed_dim=16, depths=[1, 1, 2, 1], focal_levels=[a["focal_levels"]] * 4,
+        focal_windows=[a["focal_kernel"]] * 4, use_conv_embed=a["use_conv_embed"], use_layerscale=a["use_layerscale"],
+        use_post_layernorm=a["use_postln"], use_post_layernorm_in_modulation=a["use_postln_in_modulation"],
+        normalize_modulator=a["normalize_modulator"], drop_path_rate=0.0,
+    )
+    folder = _hf_folder(tmp_path / "hf", src, **config)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = src(x)
+        # the architecture from config.json alone, and the weights into a named model, from the folder or the file
+        for model in (
+            focalnet.create_model_from_pretrained(str(folder)),
+            create_model(None, num_classes=7, pretrained=str(folder)),
+            create_model(name, num_classes=7, pretrained=str(folder), **SMALL),
+            create_model(name, num_classes=7, pretrained=str(folder / "model.safetensors"), **SMALL),
+        ):
+            torch.testing.assert_close(model.eval()(x), want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["focalnet_tiny_lrf", "focalnet_huge_fl4", "focalnet_base_iso"])
+@pytest.mark.parametrize("fmt", ["official", "timm", "hf"])
+def test_exports_have_the_libraries_names_and_round_trip_to_the_same_logits(tmp_path, name, fmt):
+    torch.manual_seed(0)
+    kw = dict(SMALL) if "iso" not in name else dict(embed_dim=[32], depths=(2,), image_size=64)
+    src = create_model(name, num_classes=10, **kw).eval()
+    if fmt == "timm" and "iso" in name:
+        with pytest.raises(ValueError, match=r"format=timm cannot hold this model: patch_size=16 with 1 stage"):
+            focalnet.export_state_dict(src, fmt)
+        return
+    state = focalnet.export_state_dict(src, fmt)
+    by_hand = {"official": _official_state, "timm": _timm_state, "hf": _hf_state}[fmt](src)
+    assert state.keys() == by_hand.keys()
+    assert all(torch.equal(state[k], by_hand[k]) for k in state)
+    path = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(state, str(path))
+    dst = create_model(name, num_classes=10, pretrained=str(path), **kw).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(dst(x), src(x), rtol=0, atol=0)
+
+
+def test_hf_config_describes_the_model_and_refuses_what_transformers_lacks():
+    model = create_model("focalnet_large_fl4", num_classes=3, **SMALL)
+    config = focalnet.hf_config(model, ["cat", "dog", "eel"])
+    assert config["depths"] == [1, 1, 2, 1] and config["focal_levels"] == [4] * 4 and config["focal_windows"] == [3] * 4
+    assert config["normalize_modulator"] and config["use_post_layernorm"] and config["use_conv_embed"]
+    assert config["id2label"] == {"0": "cat", "1": "dog", "2": "eel"} and config["label2id"]["eel"] == 2
+    rebuilt = focalnet.models.focalnet.args_from_hf_config(config)
+    assert FocalNet(**rebuilt).state_dict().keys() == model.state_dict().keys()
+    with pytest.raises(ValueError, match=r"format=hf cannot hold this model: gate_act='sigmoid'"):
+        focalnet.hf_config(create_model("focalnet_tiny_srf", num_classes=3, gate_act="sigmoid", **SMALL))
+    with pytest.raises(ValueError, match=r"format=hf cannot hold this model: embed_dim=\[16, 24, 48, 96\]"):
+        focalnet.hf_config(create_model("focalnet_tiny_srf", num_classes=3, **{**SMALL, "embed_dim": [16, 24, 48, 96]}))
+    with pytest.raises(ValueError, match=r"config.json has model_type='swin', not 'focalnet'"):
+        focalnet.models.focalnet.args_from_hf_config({"model_type": "swin"})
+
+
+def test_a_folder_without_weights_and_a_missing_config_fail_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"a folder without model.safetensors or pytorch_model.bin"):
+        create_model("focalnet_tiny_srf", num_classes=10, pretrained=str(tmp_path / "empty"), **SMALL)
+    with pytest.raises(FileNotFoundError, match=r"no config.json in"):
+        focalnet.create_model_from_pretrained(str(tmp_path / "empty"))

@@ -11,7 +11,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from focalnet.train import build_trainer, config_dir, launches_processes, rerun_this_job_in_children, run_job
+from focalnet.train import (
+    build_trainer,
+    class_summary,
+    config_dir,
+    launches_processes,
+    rerun_this_job_in_children,
+    run_job,
+)
 from focalnet.train import main as _main
 
 
@@ -20,7 +27,7 @@ def evaluate(cfg: DictConfig, summary: dict) -> None:
     import torch
     from hydra.utils import instantiate, to_absolute_path
 
-    from focalnet.module import ClassificationModule
+    from focalnet.module import ClassificationModule, model_for_checkpoint
 
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split={cfg.split!r} must be test or val")
@@ -41,9 +48,12 @@ def evaluate(cfg: DictConfig, summary: dict) -> None:
         seed=L.seed_everything(cfg.seed, workers=True),
     )
 
-    model = instantiate(run_cfg.model, _convert_="all")
+    model = model_for_checkpoint(run_cfg.model)
     module = ClassificationModule.load_from_checkpoint(ckpt_path, model=model, map_location="cpu")
     datamodule = instantiate(data_cfg, _convert_="all")
+    if datamodule.num_classes != module.num_classes:
+        raise ValueError(f"data.num_classes={datamodule.num_classes} but the checkpoint's model has "
+                         f"{module.num_classes} classes")
     trainer = build_trainer(cfg, summary)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -51,9 +61,31 @@ def evaluate(cfg: DictConfig, summary: dict) -> None:
         rerun_this_job_in_children(Path(summary["run_dir"]))
     run = trainer.test if cfg.split == "test" else trainer.validate
     summary["metrics"] = run(module, datamodule=datamodule, verbose=False)[0]
+    summary["classes"] = class_summary(datamodule.classes)
+    summary["per_class"] = per_class_accuracy(module.predictions, datamodule.classes)
     if trainer.is_global_zero:
         shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(summary["metrics"].items()))
         print(f"\nrun folder: {summary['run_dir']}\nmetrics:    {shown}")
+        if isinstance(summary["classes"], list):  # beyond 50 classes the table stays in summary.json
+            width = max(map(len, summary["per_class"]), default=0)
+            print(f"per class ({cfg.split}):")
+            for name, result in summary["per_class"].items():
+                print(f"  {name:<{width}}  acc={result['acc']:.4f}  images={result['images']}")
+
+
+def per_class_accuracy(predictions, names: list[str]) -> dict[str, dict]:
+    """{class name: {"acc", "images"}} from the [2, N] labels and predictions; classes with no image are left out."""
+    import torch
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    labels, predicted = predictions
+    accuracy = multiclass_accuracy(predicted, labels, len(names), average=None)
+    counts = torch.bincount(labels, minlength=len(names))
+    return {
+        name: {"acc": acc, "images": n}
+        for name, acc, n in zip(names, accuracy.tolist(), counts.tolist(), strict=True)
+        if n
+    }
 
 
 def hydra_choice(group: str) -> str | None:

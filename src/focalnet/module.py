@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import lightning as L
 import torch
@@ -15,37 +16,76 @@ from hydra.utils import get_class
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from focalnet.runinfo import one_line
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on weight matrices and kernels only; norms, biases and layer-scale gammas (ndim <= 1) get none.
+def layer_id(name: str, depths: Sequence[int]) -> int:
+    """Depth of a FocalNet parameter for layer-wise lr decay, numbered as in BEiT and ConvNeXt: the stem 0, the N
+    blocks 1..N in order, the final norm and the head N + 1. A stage's downsampling, applied after its blocks, goes
+    with the next stage's first block (as timm groups it)."""
+    match = re.match(r"layers\.(\d+)\.(?:blocks\.(\d+)|downsample)\.", name)
+    if match:
+        stage, block = int(match[1]), match[2]
+        return sum(depths[:stage]) + (int(block) + 1 if block is not None else depths[stage] + 1)
+    if name.startswith("patch_embed."):
+        return 0
+    if name.startswith(("norm.", "head.")):
+        return sum(depths) + 1
+    raise ValueError(f"optim.layer_decay needs FocalNet parameter names (patch_embed, layers, norm, head), not {name}")
 
-    Groups hold `(name, parameter)` pairs, so `optimizer.param_groups[i]["param_names"]` says what went where.
+
+def param_groups(
+    model: nn.Module, weight_decay: float, head_lr_scale: float = 1.0, layer_decay: float | None = None
+) -> list[dict]:
+    """Weight decay on weight matrices and kernels only; norms, biases and layer-scale gammas (ndim <= 1) get none.
+    Only trainable parameters (optim.freeze_backbone leaves the head).
+
+    Each group's `lr_scale` multiplies the optimizer's lr: `head_lr_scale` for `head.*`, and with `layer_decay` d
+    over N blocks, d^(N + 1 - layer_id): the stem d^(N + 1), block i (from 0) d^(N - i), the final norm and head 1.
+    Groups are named decay / no_decay, plus _layer<id> and _head when scaled (the LR monitor's names), and hold
+    `(name, parameter)` pairs, so `optimizer.param_groups[i]["param_names"]` says what went where.
     """
-    decay, no_decay = [], []
+    decayed = layer_decay not in (None, 1)
+    depths = [len(stage.blocks) for stage in getattr(model, "layers", [])] if decayed else []
+    groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append((name, p))
-    return [
-        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
-        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
-    ]
+        if not p.requires_grad:
+            continue
+        kind, part, scale = ("no_decay" if p.ndim <= 1 else "decay"), "", 1.0
+        if decayed:
+            layer = layer_id(name, depths)
+            part, scale = f"_layer{layer}", layer_decay ** (sum(depths) + 1 - layer)
+        if head_lr_scale != 1 and name.startswith("head."):
+            part, scale = "_head", scale * head_lr_scale
+        key, decay = kind + part, weight_decay if kind == "decay" else 0.0
+        group = groups.setdefault(key, {"params": [], "weight_decay": decay, "name": key, "lr_scale": scale})
+        group["params"].append((name, p))
+    return list(groups.values())
 
 
 def warmup_cosine(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, warmup_lr: float, min_lr: float
 ) -> LRScheduler:
-    """Linear warm-up from warmup_lr to the optimizer's lr over warmup_steps, then cosine decay to min_lr."""
-    cosine = CosineAnnealingLR(optimizer, T_max=max(total_steps - warmup_steps, 1), eta_min=min_lr)
-    if warmup_steps <= 0:
-        return cosine
-    warmup = LinearLR(optimizer, start_factor=warmup_lr / optimizer.defaults["lr"], total_iters=warmup_steps)
-    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+    """Linear warm-up from warmup_lr to the optimizer's lr over warmup_steps, then cosine decay to min_lr.
+
+    A group with another lr (optim.head_lr_scale, optim.layer_decay) follows the same curve scaled by its lr / the
+    optimizer's: warm-up start, peak and floor alike. Hence a LambdaLR factor: CosineAnnealingLR's eta_min is one
+    absolute floor for every group, which would lift the small lrs of the early layers.
+    """
+    lr = optimizer.defaults["lr"]
+    cosine_steps = max(total_steps - warmup_steps, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (warmup_lr + (lr - warmup_lr) * step / warmup_steps) / lr
+        progress = min(step - warmup_steps, cosine_steps) / cosine_steps
+        return (min_lr + (lr - min_lr) * (1 + math.cos(math.pi * progress)) / 2) / lr
+
+    return LambdaLR(optimizer, factor)
 
 
 def mix_batch(
@@ -91,7 +131,9 @@ class ClassificationModule(L.LightningModule):
         model: the network; needs a `num_classes` attribute (every FocalNet has one).
         optim: the `optim` config group: `optimizer` (a `_target_` spec, e.g. torch.optim.AdamW with lr,
             weight_decay, betas), `warmup_epochs`, `warmup_lr`, `min_lr`, and `lr_batch_size` (when set, lr,
-            warmup_lr and min_lr scale linearly by the global batch / lr_batch_size, as in the paper).
+            warmup_lr and min_lr scale linearly by the global batch / lr_batch_size, as in the paper); for
+            fine-tuning `head_lr_scale`, `layer_decay` (see `param_groups`) and `freeze_backbone` (only the head
+            trains: a linear probe).
         label_smoothing: cross-entropy label smoothing.
         mixup_alpha / cutmix_alpha: Beta parameters of mixup and cutmix; 0 turns each off.
         compile: torch.compile the model in place (parameter names and checkpoints stay the same).
@@ -125,6 +167,23 @@ class ClassificationModule(L.LightningModule):
             raise ValueError(f"module.on_nonfinite={on_nonfinite!r} must be stop or skip")
         if optim.get("warmup_epochs", 0) < 0:
             raise ValueError(f"optim.warmup_epochs={optim['warmup_epochs']} must be >= 0")
+        layer_decay, head_lr_scale = optim.get("layer_decay"), optim.get("head_lr_scale", 1.0)
+        if layer_decay is not None and not (isinstance(layer_decay, (int, float)) and 0 < layer_decay <= 1):
+            raise ValueError(f"optim.layer_decay={layer_decay!r} must be in (0, 1] (null or 1 turns it off)")
+        if not (isinstance(head_lr_scale, (int, float)) and head_lr_scale > 0):
+            raise ValueError(f"optim.head_lr_scale={head_lr_scale!r} must be > 0")
+        freeze_backbone = optim.get("freeze_backbone", False)
+        if not isinstance(freeze_backbone, bool):
+            raise ValueError(f"optim.freeze_backbone={freeze_backbone!r} must be true or false")
+        if freeze_backbone:
+            head = [p for name, p in model.named_parameters() if name.startswith("head.")]
+            if not head:
+                raise ValueError("optim.freeze_backbone=true needs a model with a head (model.num_classes is 0)")
+            # Here, not in configure_optimizers: DDP, which wraps the model in between, syncs the gradients of the
+            # parameters that required them when it was built.
+            model.requires_grad_(False)
+            for p in head:
+                p.requires_grad_(True)
         # Plain containers only: checkpoints must load with torch.load(weights_only=True).
         optim = OmegaConf.to_container(optim, resolve=True) if isinstance(optim, DictConfig) else dict(optim)
         if isinstance(run_config, DictConfig):
@@ -142,6 +201,14 @@ class ClassificationModule(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         self._epoch_images = self._nonfinite = 0
         self._epoch_start = self._epoch_train_time = 0.0
+        self.class_names: list[str] | None = None  # the data's, from setup(); checkpoints keep them
+        self._outputs: list[torch.Tensor] = []
+        self.predictions: torch.Tensor | None = None  # [2, N] labels and predicted classes of the last val/test pass
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if datamodule is not None and getattr(datamodule, "classes", None):
+            self.class_names = list(datamodule.classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -190,12 +257,50 @@ class ClassificationModule(L.LightningModule):
         metrics.update(logits, labels)
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=len(labels))
         self.log_dict(metrics, prog_bar=stage == "val")
+        self._outputs.append(torch.stack([labels, logits.argmax(1)]))
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, "test")
+
+    def on_validation_epoch_start(self) -> None:
+        self._outputs = []
+
+    def on_test_epoch_start(self) -> None:
+        self._outputs = []
+
+    def on_validation_epoch_end(self) -> None:
+        self._gather_predictions()
+
+    def on_test_epoch_end(self) -> None:
+        self._gather_predictions()
+        self._log_confusion_matrix()
+
+    def _gather_predictions(self) -> None:
+        """Every rank's labels and predictions, for per-class accuracy (focalnet-eval) and the confusion matrix."""
+        if not self._outputs:
+            return
+        outputs, self._outputs = torch.cat(self._outputs, dim=1), []
+        if self.trainer.world_size > 1:  # DistributedSampler gives every rank the same number of images
+            outputs = self.all_gather(outputs).transpose(0, 1).flatten(1)
+        self.predictions = outputs.cpu()
+
+    def _log_confusion_matrix(self) -> None:
+        """The test images' confusion matrix with class names, as W&B's chart; beyond 100 classes it is unreadable."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers = [logger for logger in self.loggers if isinstance(logger, WandbLogger)]
+        if not loggers or self.num_classes > 100 or self.predictions is None or not self.trainer.is_global_zero:
+            return
+        import wandb
+
+        labels, predicted = self.predictions.tolist()
+        names = self.class_names or [str(i) for i in range(self.num_classes)]
+        chart = wandb.plot.confusion_matrix(y_true=labels, preds=predicted, class_names=names)
+        for logger in loggers:
+            logger.experiment.log({"test/confusion_matrix": chart})
 
     # Images/s over the training batches of each epoch (validation excluded), summed over ranks. Lightning's
     # ThroughputMonitor reports only once a 100-batch window has filled and keeps its numbers to itself.
@@ -219,10 +324,15 @@ class ClassificationModule(L.LightningModule):
             batch = self.trainer.train_dataloader.batch_size
             scale = batch * self.trainer.world_size * self.trainer.accumulate_grad_batches / optim["lr_batch_size"]
         kwargs = dict(optim["optimizer"])
+        groups = param_groups(
+            self.model, kwargs.pop("weight_decay", 0.0), optim.get("head_lr_scale", 1.0), optim.get("layer_decay")
+        )
         try:
             optimizer_class = get_class(kwargs.pop("_target_"))
             kwargs["lr"] *= scale
-            optimizer = optimizer_class(param_groups(self.model, kwargs.pop("weight_decay", 0.0)), **kwargs)
+            for group in groups:
+                group["lr"] = kwargs["lr"] * group["lr_scale"]
+            optimizer = optimizer_class(groups, **kwargs)
         except Exception as error:
             raise ValueError(f"optim.optimizer: {one_line(error)}") from error
         max_epochs = self.trainer.max_epochs
@@ -236,12 +346,14 @@ class ClassificationModule(L.LightningModule):
     # same shuffles, augmentations and drop-paths as the run that never stopped. The states are applied at
     # on_train_start, after the sanity check, whose dataloader iterator draws from the global RNG.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["class_names"] = self.class_names  # what the outputs mean, for whoever loads the checkpoint
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resumed_rng_states = checkpoint.get("rng_states")
+        self.class_names = self.class_names or checkpoint.get("class_names")  # the data's, when set up, win
 
     def on_train_start(self) -> None:
         self._epoch_start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start
@@ -269,3 +381,22 @@ def check_checkpoint(path: str, module: nn.Module) -> None:
         if own.get(key) != shapes.get(key):
             there, here = shapes.get(key, "absent"), own.get(key, "absent")
             raise ValueError(f"ckpt_path={path} is a checkpoint of another model: {key} is {there} there, {here} here")
+
+
+def model_for_checkpoint(model_cfg: DictConfig) -> nn.Module:
+    """The network a run's model config describes, without its pretrained weights: the checkpoint overwrites them,
+    and a fine-tuned run's weights file need not exist any more."""
+    from hydra.utils import instantiate
+
+    return instantiate(model_cfg, **({"pretrained": None} if "pretrained" in model_cfg else {}), _convert_="all")
+
+
+def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, DictConfig]:
+    """The trained network of a focalnet-train checkpoint, rebuilt from the run config stored in it, and that config."""
+    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    run_cfg = checkpoint.get("hyper_parameters", {}).get("run_config")
+    if run_cfg is None:
+        raise ValueError(f"{path} holds no run config: not a focalnet-train checkpoint")
+    run_cfg = OmegaConf.create(run_cfg)
+    model = model_for_checkpoint(run_cfg.model)
+    return ClassificationModule.load_from_checkpoint(path, model=model, map_location="cpu").model, run_cfg

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -185,24 +186,33 @@ def train(cfg: DictConfig, summary: dict) -> None:
     choices = HydraConfig.get().runtime.choices
     summary["model"] = cfg.model.get("name") or "focalnet_card"
     summary["data"] = choices.get("data")
+    # A `???` in the overlay cannot demand it: merged over the model config's null, OmegaConf keeps the null.
+    if choices.get("experiment") == "finetune" and not cfg.model.get("pretrained"):
+        raise ValueError(
+            "model.pretrained is not set: experiment=finetune starts from weights (a .pth, .safetensors or "
+            "focalnet-train .ckpt file, or a hub id)"
+        )
 
     # Plain containers, not DictConfigs: the data module's hyperparameters go into checkpoints, which must load
     # with torch.load(weights_only=True).
     resolve_trainer_precision(cfg, summary)  # before the config is recorded: runs and W&B show what ran
+    ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
+    fill_split_file(cfg.data, Path(summary["run_dir"]), ckpt_path)
     datamodule = instantiate(cfg.data, _convert_="all")
+    if cfg.data.get("num_classes") == "auto":  # counted by the data module; the model's head is ${data.num_classes}
+        cfg.data.num_classes = datamodule.num_classes
     model = instantiate(cfg.model, _convert_="all")
     stats = focalnet.model_stats(model, cfg.data.image_size, cfg.data.in_channels)
     summary.update(stats)
     # The resolved config plus the chosen group options travels to W&B and into every checkpoint.
     resolved = {**OmegaConf.to_container(cfg, resolve=True), "choices": _choices()}
     module = instantiate(cfg.module, model=model, optim=resolved["optim"], run_config=resolved, _recursive_=False)
-    if cfg.ckpt_path:
-        check_checkpoint(to_absolute_path(cfg.ckpt_path), module)
+    if ckpt_path:
+        check_checkpoint(ckpt_path, module)
     trainer = build_trainer(cfg, summary)
     trainer.callbacks.append(FirstStepTimer(summary, started))
     for logger in trainer.loggers:
         logger.log_hyperparams({**resolved, **stats, "git": summary["git"], "command": summary["argv"]})
-    ckpt_path = to_absolute_path(cfg.ckpt_path) if cfg.ckpt_path else None
     summary["resumed_from"] = ckpt_path
     if launches_processes(trainer):
         # resume=auto already chose the checkpoint (the children would read the summary rank 0 just rewrote).
@@ -212,6 +222,7 @@ def train(cfg: DictConfig, summary: dict) -> None:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise RuntimeError("training was interrupted")
+    summary["classes"] = class_summary(datamodule.classes)
     metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
     summary["train_images_per_s"] = metrics.get("train/images_per_s")
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -224,6 +235,25 @@ def train(cfg: DictConfig, summary: dict) -> None:
     summary["metrics"] = metrics
     if trainer.is_global_zero:
         report(summary, trainer)
+
+
+def fill_split_file(data: DictConfig, run_dir: Path, ckpt_path: str | None) -> None:
+    """data.split_file=null, where the data module draws its own split, becomes <run_dir>/split.json: a resumed run
+    and focalnet-eval of the run's checkpoints read the split back instead of drawing it again from a folder that
+    may have grown. Resumed from another run's checkpoint (<run>/checkpoints/<file>.ckpt), a run starts from a copy
+    of that run's split.json."""
+    if "split_file" not in data or data.split_file is not None:
+        return
+    split_file = run_dir / "split.json"
+    recorded = Path(ckpt_path).parent.parent / "split.json" if ckpt_path else None
+    if recorded is not None and recorded.is_file() and not split_file.exists():
+        shutil.copyfile(recorded, split_file)
+    data.split_file = str(split_file)
+
+
+def class_summary(names: list[str]) -> list[str] | int:
+    """The class names for summary.json; their number alone beyond 50, where a list stops being readable."""
+    return list(names) if len(names) <= 50 else len(names)
 
 
 def _choices() -> dict[str, str]:

@@ -218,18 +218,11 @@ def _titles(n, names, labels, logits, classes) -> list[str]:
 def load_checkpoint(path: Path):
     """(model, datamodule) of a focalnet-train checkpoint, rebuilt from its run config as focalnet-eval does."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    from focalnet.module import ClassificationModule
+    from focalnet.module import model_from_checkpoint
 
-    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    run_cfg = checkpoint.get("hyper_parameters", {}).get("run_config")
-    if run_cfg is None:
-        raise ValueError(f"{path} holds no run config: not a focalnet-train checkpoint")
-    run_cfg = OmegaConf.create(run_cfg)
-    model = instantiate(run_cfg.model, _convert_="all")
-    module = ClassificationModule.load_from_checkpoint(path, model=model, map_location="cpu")
-    return module.model, instantiate(run_cfg.data, _convert_="all")
+    model, run_cfg = model_from_checkpoint(path)
+    return model, instantiate(run_cfg.data, _convert_="all")
 
 
 def read_images(folder: Path, size: int, channels: int, mean, std) -> tuple[torch.Tensor, list[str]]:

@@ -1,7 +1,10 @@
-"""ImageNet-style folders: root/{train,val[,test]}/<class>/<image>, decoded with Pillow in worker processes."""
+"""Image folders, decoded with Pillow in worker processes: ImageNet-style root/{train,val[,test]}/<class>/<image>,
+or root/<class>/<image> split into train/val/test here."""
 
+import json
 import logging
 import os
+import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,6 +15,7 @@ from torch.utils.data import Dataset
 
 from focalnet.data.augment import PRESETS
 from focalnet.data.base import VisionDataModule
+from focalnet.runinfo import write_json
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +67,13 @@ class ImageFolderDataset(Dataset):
 
 
 class ImageFolderDataModule(VisionDataModule):
-    """Classes are the sorted folder names of train/; val/ (and test/, else val/ again) may hold a subset of them.
+    """Two layouts. With train/ and val/ (and test/, else val/ again) under `root`, classes are the sorted folder
+    names of train/ and val/test may hold a subset of them. Otherwise `root` holds the class folders itself and
+    each class is split here: `val_fraction` and `test_fraction` of its images (at least one each; test_fraction=0
+    tests on val), drawn by `split_seed`, always keeping one for training. That split is written to `split_file`
+    when given, and read back from it when it exists: images added to the folder later change no split.
 
+    `num_classes="auto"` takes the number of class folders; a number is checked against it.
     Train images are decoded at `image_size / crop_pct` and cropped on the device (RandomResizedCrop); val/test at
     `image_size / crop_pct` then center-cropped to `image_size` (the usual 256 -> 224 evaluation).
     Unreadable files are found once in `setup` (Pillow `verify`): `on_corrupt=skip` drops and counts them,
@@ -74,7 +83,7 @@ class ImageFolderDataModule(VisionDataModule):
     def __init__(
         self,
         root: str | None = None,
-        num_classes: int = 1000,
+        num_classes: int | str = "auto",
         image_size: int = 224,
         batch_size: int = 128,
         num_workers: int | None = None,
@@ -84,26 +93,73 @@ class ImageFolderDataModule(VisionDataModule):
         crop_pct: float = 0.875,
         on_corrupt: str = "skip",
         in_channels: int = 3,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        split_file: str | None = None,
     ) -> None:
         if root is None:
-            raise ValueError("data.root is not set; point it at the folder holding train/ and val/")
-        if not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"data.num_classes={num_classes!r} must be set to the number of class folders in train/")
+            raise ValueError("data.root is not set; point it at the folder of class folders (or of train/ and val/)")
+        if num_classes != "auto" and (not isinstance(num_classes, int) or num_classes < 1):
+            raise ValueError(f"data.num_classes={num_classes!r} must be auto or a positive integer")
         if in_channels != 3:
             raise ValueError(f"data.in_channels={in_channels!r} but imagefolder decodes RGB (3)")
         if on_corrupt not in ("skip", "error"):
             raise ValueError(f"data.on_corrupt={on_corrupt!r} must be 'skip' or 'error'")
         if not 0 < crop_pct <= 1:
             raise ValueError(f"data.crop_pct={crop_pct!r} must be in (0, 1]")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"data.val_fraction={val_fraction!r} must be in (0, 1)")
+        if not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise ValueError(f"data.test_fraction={test_fraction!r} must be in [0, 1 - data.val_fraction)")
+        self.split_file = Path(split_file).expanduser() if split_file else None
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"data.root={root}: no such folder")
+        # A root with train/ or val/ is the ImageNet layout (it then needs both); anything else holds class folders.
+        self.presplit = (folder / "train").is_dir() or (folder / "val").is_dir()
+        classes = self._find_classes(folder)
+        if num_classes == "auto":
+            num_classes = len(classes)
+        elif num_classes != len(classes):
+            raise ValueError(f"data.num_classes={num_classes} but {self._class_root(folder)} has {len(classes)} "
+                             "class folders (data.num_classes=auto counts them)")
         super().__init__(
             num_classes=num_classes, in_channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=image_size,
             batch_size=batch_size, num_workers=min(4, os.cpu_count() or 1) if num_workers is None else num_workers,
             pin_memory=pin_memory, augment=augment, seed=seed, root=root,
         )
         self.save_hyperparameters()
+        self.classes = classes
+        self.class_to_idx = {name: i for i, name in enumerate(classes)}
         self.resize_size = round(image_size / crop_pct)
         self.on_corrupt = on_corrupt
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_seed = split_seed
         self.num_corrupt = 0
+
+    def _class_root(self, root: Path) -> Path:
+        return root / "train" if self.presplit else root
+
+    def _find_classes(self, root: Path) -> list[str]:
+        """The sorted class folder names; a recorded split's own, so that new class folders change nothing."""
+        if not self.presplit and self.split_file and self.split_file.is_file():
+            return json.loads(self.split_file.read_text())["classes"]
+        for split in ("train", "val") if self.presplit else ():
+            if not (root / split).is_dir():
+                raise FileNotFoundError(f"data.root={root} has no {split}/ folder (expected {root / split})")
+        classes = sorted(p.name for p in self._class_root(root).iterdir() if p.is_dir())
+        if not classes:
+            raise FileNotFoundError(f"data.root={root} holds no images: expected <root>/<class>/<image> or "
+                                    "<root>/train/<class>/<image>")
+        return classes
+
+    def _images(self, class_dir: Path) -> list[Path]:
+        images = [p for p in sorted(class_dir.rglob("*")) if p.suffix.lower() in EXTENSIONS]
+        if not images:
+            raise FileNotFoundError(f"data.root={self.root}: class folder {class_dir} holds no images")
+        return images
 
     def _samples(self, split: str) -> list[tuple[Path, int]]:
         folder = Path(self.root).expanduser() / split
@@ -111,11 +167,30 @@ class ImageFolderDataModule(VisionDataModule):
         for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
             if class_dir.name not in self.class_to_idx:
                 raise ValueError(f"data.root={self.root}: {split} class {class_dir.name!r} has no folder in train/")
-            label = self.class_to_idx[class_dir.name]
-            samples += [(p, label) for p in sorted(class_dir.rglob("*")) if p.suffix.lower() in EXTENSIONS]
+            samples += [(p, self.class_to_idx[class_dir.name]) for p in self._images(class_dir)]
         if not samples:
             raise FileNotFoundError(f"data.root={self.root} has no images under {folder}")
         return samples
+
+    def _split(self) -> dict[str, list[str]]:
+        """Per class (stratified), a seeded share of its images for val and for test; paths relative to root.
+
+        Not scikit-learn's stratified split: it refuses a class of one image and a val set smaller than the number
+        of classes, and may leave a class with no training image.
+        """
+        root = Path(self.root).expanduser()
+        rng = random.Random(self.split_seed)
+        split = {"classes": self.classes, "train": [], "val": [], "test": []}
+        for name in self.classes:
+            images = [p.relative_to(root).as_posix() for p in self._images(root / name)]
+            rng.shuffle(images)
+            spare = len(images) - 1  # one image always stays for training
+            n_val = min(spare, max(1, round(len(images) * self.val_fraction)))
+            n_test = min(spare - n_val, max(1, round(len(images) * self.test_fraction))) if self.test_fraction else 0
+            split["val"] += images[:n_val]
+            split["test"] += images[n_val : n_val + n_test]
+            split["train"] += images[n_val + n_test :]
+        return split
 
     def _drop_corrupt(self, samples: list[tuple[Path, int]]) -> list[tuple[Path, int]]:
         with ThreadPoolExecutor(max_workers=8) as pool:  # I/O bound: threads overlap the file reads
@@ -132,18 +207,25 @@ class ImageFolderDataModule(VisionDataModule):
         if self.train_set is not None:
             return
         root = Path(self.root).expanduser()
-        for split in ("train", "val"):
-            if not (root / split).is_dir():
-                raise FileNotFoundError(f"data.root={self.root} has no {split}/ folder (expected {root / split})")
-        train_dir = root / "train"
-        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-        if len(classes) != self.num_classes:
-            raise ValueError(f"data.num_classes={self.num_classes} but {train_dir} has {len(classes)} class folders")
-        self.classes = classes
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+        if self.presplit:
+            train, val = (self._samples(split) for split in ("train", "val"))
+            test = self._samples("test") if (root / "test").is_dir() else None
+        else:
+            if self.split_file and self.split_file.is_file():
+                split = json.loads(self.split_file.read_text())
+            else:
+                split = self._split()
+                if self.split_file:
+                    write_json(self.split_file, split)
+            train, val, test = (
+                [(root / p, self.class_to_idx[p.split("/", 1)[0]]) for p in split[name]] or None
+                for name in ("train", "val", "test")
+            )
+            if not val:
+                raise ValueError(f"data.root={self.root}: every class has a single image, none is left for validation")
         skip = self.on_corrupt == "skip"
-        train, val = (self._drop_corrupt(self._samples(split)) for split in ("train", "val"))
-        test = self._drop_corrupt(self._samples("test")) if (root / "test").is_dir() else val
+        train, val = self._drop_corrupt(train), self._drop_corrupt(val)
+        test = self._drop_corrupt(test) if test else val
         self.train_set = ImageFolderDataset(train, self.resize_size, self.resize_size, skip)
         self.val_set = ImageFolderDataset(val, self.resize_size, self.image_size, skip)
         self.test_set = ImageFolderDataset(test, self.resize_size, self.image_size, skip)

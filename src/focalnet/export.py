@@ -1,0 +1,103 @@
+"""focalnet-export: a model of ours as transformers, timm or the official code load it.
+
+    focalnet-export outputs/train/<run>/checkpoints/last.ckpt --format hf --out my-focalnet
+    focalnet-export weights.pth --model focalnet_tiny_srf --format timm --out focalnet_tiny_srf.safetensors
+    focalnet-export microsoft/focalnet-tiny --format official --out focalnet_tiny_srf.pth
+
+SOURCE is a focalnet-train checkpoint (its run config rebuilds the model, and its class names label the export),
+a weights file of any format load_pretrained reads (ours, official, timm, transformers) with --model NAME
+[--set key=value ...], or a transformers folder or hub id (its config.json gives the model).
+  hf:       a folder, config.json + model.safetensors: transformers.FocalNetForImageClassification.from_pretrained(OUT)
+  timm:     a state dict (.safetensors, else torch.save):
+            timm.create_model(NAME, pretrained=True, pretrained_cfg_overlay=dict(file=OUT), num_classes=N)
+  official: a .pth with the weights under "model", as microsoft/FocalNet releases them
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from focalnet.bench import _key_value, _Parser
+from focalnet.models.focalnet import FORMATS, _read_state_dict, export_state_dict, hf_config
+from focalnet.runinfo import one_line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="focalnet-export", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("source", help="a focalnet-train .ckpt, a weights file (with --model), a transformers folder/hub id")
+    p.add_argument("--format", required=True, choices=FORMATS, help="hf (transformers), timm or official")
+    p.add_argument("--out", required=True, type=Path, help="the folder (hf) or file (timm, official) to write")
+    p.add_argument("--model", help="the registered model name the weights file is for")
+    p.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="create_model override with --model, e.g. use_postln=true (repeatable)")
+    p.add_argument("--class-names", help="a text file, one class name per line (hf id2label)")
+    return p
+
+
+def load_source(source: str, name: str | None, overrides: dict):
+    """(model, class names or None) from a focalnet-train checkpoint, a weights file and a name, or a transformers
+    folder / hub id."""
+    import focalnet
+
+    path = Path(source)
+    if path.suffix == ".ckpt" and name is None:
+        from focalnet.module import model_from_checkpoint
+
+        model, _ = model_from_checkpoint(path)
+        return model, torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("class_names")
+    if name is None:
+        return focalnet.create_model_from_pretrained(source, **overrides), None
+    # A weights file carries its head's class count and input channels (in any format's names); the name, the rest.
+    state = _read_state_dict(source)
+    head = next((v for k, v in state.items() if re.search(r"(^|\.)(head(\.fc)?|classifier)\.weight$", k)), None)
+    stem = next((v for k, v in state.items() if re.search(r"(patch_embed|stem|patch_embeddings)\.proj", k)), None)
+    overrides.setdefault("num_classes", head.shape[0] if head is not None else 0)
+    if stem is not None:
+        overrides.setdefault("in_channels", stem.shape[1])
+    return focalnet.create_model(name, pretrained=source, **overrides), None
+
+
+def export(model, fmt: str, out: Path, class_names=None) -> Path:
+    state = export_state_dict(model, fmt)
+    if fmt == "hf":
+        from safetensors.torch import save_file
+
+        config = hf_config(model, class_names)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "timm" and out.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(out))
+        else:
+            torch.save({"model": state} if fmt == "official" else state, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    names = None
+    if args.class_names:
+        if not Path(args.class_names).is_file():
+            parser.error(f"--class-names {args.class_names}: no such file")
+        names = [line.strip() for line in Path(args.class_names).read_text().splitlines() if line.strip()]
+    try:
+        model, from_ckpt = load_source(args.source, args.model, dict(args.set))
+        out = export(model.eval(), args.format, args.out, names or from_ckpt)
+    except Exception as e:  # every failure is the user's input here: one line, exit 2
+        parser.error(f"{args.source}: {one_line(e)}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
