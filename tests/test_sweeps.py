@@ -194,6 +194,7 @@ def test_studies_compose():
         harder = compose_cfg("ablation=fashion_mnist", name="study", directory=study)
         assert harder.data._target_.endswith("FashionMNISTDataModule") and harder.data.root.endswith("fashion-mnist")
         assert harder.trainer.max_epochs == 8 and harder.hydra.sweeper.params == cfg.hydra.sweeper.params
+        assert harder.data.augment.random_crop is None and harder.data.augment.hflip == 0  # underfits: no augmentation
         # Every point of the study is a valid override and builds its model (the model checks its arguments).
         (sweep,) = OverridesParser.create().parse_overrides([f"{key}={values}"])
         points = list(sweep.sweep_iterator())
