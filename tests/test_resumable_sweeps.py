@@ -9,6 +9,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import BIN, TINY, job_dir, read_summary, run_cli
-from focalnet.sweeps import apply_resume, resume_state
+from focalnet.sweeps import apply_resume, job_lock, resume_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ("-m", "model.focal_levels=1,2", "seed=0,1", *TINY, "logger=csv", "hydra.sweep.dir=sweep")  # 4 jobs
@@ -231,3 +232,44 @@ def test_run_folder_records_what_ran(interrupted_run):
     # The loggers get it too (W&B config, here the CSV logger's hparams.yaml).
     hparams = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
     assert hparams["git"]["commit"] == summary["git"]["commit"] and hparams["command"] == read_summary(run)["argv"]
+
+
+def test_two_concurrent_resume_auto_commands_train_each_job_once(tmp_path):
+    (tmp_path / "wandb-home").mkdir()
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(tmp_path / "wandb-home"))
+    env.pop("HYDRA_FULL_ERROR", None)
+    command = [str(BIN / "focalnet-train"), "-m", "model.focal_levels=1,2", *TINY, "logger=csv",
+               "hydra.sweep.dir=sweep", "resume=auto"]
+    # Two terminals, or a requeue racing a manual restart: both start at once on the same sweep folder.
+    procs = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    for num in range(2):
+        job = job_dir(tmp_path / "sweep", num)
+        assert read_summary(job)["status"] == "completed" and read_summary(job)["resumed_from"] is None
+        # Each job trained by one process: the other skipped it, in progress or completed; one checkpoint per kind.
+        skipped = [out for out in outputs if f"resume=auto: {job} is being trained by process" in out
+                   or f"resume=auto: {job} completed earlier, skipped" in out]
+        assert len(skipped) == 1, outputs
+        assert sorted(p.name for p in (job / "checkpoints").iterdir()) == ["epoch000.ckpt", "last.ckpt"]
+
+
+def test_job_lock_is_held_by_one_process_and_dies_with_it(tmp_path):
+    with job_lock(tmp_path) as busy:
+        assert busy is None
+        with job_lock(tmp_path) as again:  # another open file description: as another process would see it
+            assert again == str(os.getpid())
+    with job_lock(tmp_path) as busy:
+        assert busy is None  # released on exit
+    # A process killed while it holds the lock leaves the file but no lock.
+    script = (f"import time; from pathlib import Path; from focalnet.sweeps import job_lock\n"
+              f"with job_lock(Path({str(tmp_path)!r})):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with job_lock(tmp_path) as busy:
+        assert busy == str(holder.pid)
+    holder.kill()
+    holder.wait()
+    with job_lock(tmp_path) as busy:
+        assert busy is None and (tmp_path / ".lock").exists()

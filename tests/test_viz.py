@@ -168,29 +168,28 @@ def test_callback_logs_the_maps_to_wandb_and_the_run_folder(run_with_maps):
         assert len(files) == 2 and all(f.read_bytes()[:8] == PNG_SIGNATURE for f in files)
 
 
-def test_viz_draws_a_checkpoint_on_its_validation_split(run_with_maps, tmp_path):
-    result = run_cli("focalnet-viz", str(run_with_maps / "checkpoints" / "last.ckpt"), "--split", "val", "--num", "2",
-                     "--blocks", "all", "--out", str(tmp_path / "out"), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == [str(tmp_path / "out" / f"{kind}.png") for kind in FIGURES]
+# The command runs in this process (its main takes argv): a subprocess would spend ~10 s importing Lightning.
+def test_viz_draws_a_checkpoint_on_its_validation_split(run_with_maps, tmp_path, capsys):
+    viz.main([str(run_with_maps / "checkpoints" / "last.ckpt"), "--split", "val", "--num", "2", "--blocks", "all",
+              "--out", str(tmp_path / "out")])
+    assert capsys.readouterr().out.split() == [str(tmp_path / "out" / f"{kind}.png") for kind in FIGURES]
     for kind in FIGURES:
         assert_valid_png(tmp_path / "out" / f"{kind}.png")
 
 
 def test_viz_draws_a_checkpoint_on_image_files_beside_it(run_with_maps, tmp_path):
     ckpt = run_with_maps / "checkpoints" / "last.ckpt"
-    result = run_cli("focalnet-viz", str(ckpt), "--images", str(write_images(tmp_path / "imgs")), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    viz.main([str(ckpt), "--images", str(write_images(tmp_path / "imgs"))])
     for kind in FIGURES:  # the default folder: viz/ beside the checkpoint
         assert_valid_png(ckpt.parent / "viz" / f"{kind}.png")
 
 
-def test_viz_draws_pretrained_weights_of_a_hierarchical_rgb_model(tmp_path):
+def test_viz_draws_pretrained_weights_of_a_hierarchical_rgb_model(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     torch.save(hierarchical().state_dict(), tmp_path / "weights.pth")
-    result = run_cli("focalnet-viz", "--model", "focalnet_tiny_srf", "--pretrained", str(tmp_path / "weights.pth"),
-                     "--set", "num_classes=10", "--set", "image_size=64", "--set", "embed_dim=16",
-                     "--set", "depths=[1,1,1,1]", "--images", str(write_images(tmp_path / "imgs")), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    viz.main(["--model", "focalnet_tiny_srf", "--pretrained", str(tmp_path / "weights.pth"), "--set", "num_classes=10",
+              "--set", "image_size=64", "--set", "embed_dim=16", "--set", "depths=[1,1,1,1]",
+              "--images", str(write_images(tmp_path / "imgs"))])
     for kind in FIGURES:
         assert_valid_png(tmp_path / "viz" / f"{kind}.png")
 

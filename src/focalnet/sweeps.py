@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,31 @@ def apply_resume(cfg: DictConfig, run_dir: Path) -> dict | None:
     if state == "resume" and not cfg.ckpt_path:
         cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
     return None
+
+
+@contextmanager
+def job_lock(run_dir: Path):
+    """Hold `<run_dir>/.lock` while this process runs the job: yields None, or the pid of the live process that holds
+    it already (two `resume=auto` commands on one sweep, a requeue racing a manual restart). An flock, so the OS
+    releases it when its process dies: a killed run leaves no stale lock. Ranks other than 0 (the DDP processes rank
+    0 starts on its job) take none."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        yield None
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            yield lock.read().strip() or "?"
+            return
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        yield None
 
 
 class SweepCallback(Callback):

@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from focalnet.runinfo import git_info, job_info, now, one_line, versions, write_json
-from focalnet.sweeps import apply_resume
+from focalnet.sweeps import apply_resume, job_lock
 
 
 def config_dir() -> str:
@@ -278,9 +278,19 @@ def report(summary: dict, trainer) -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    # resume=auto: a completed job is skipped (its recorded summary still feeds the sweeper), an unfinished one resumes.
-    done = apply_resume(cfg, Path(HydraConfig.get().runtime.output_dir))
-    summary = done or run_job("focalnet-train", cfg, train)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    with job_lock(run_dir) as busy:
+        if busy:  # another live process trains this job: nothing here may write into its folder
+            if cfg.get("resume") == "auto":
+                print(f"resume=auto: {run_dir} is being trained by process {busy}, skipped", flush=True)
+            else:
+                print(f"error: {run_dir} is being trained by process {busy}", file=sys.stderr, flush=True)
+                FAILED.append(str(run_dir))
+            return None
+        # resume=auto: a completed job is skipped (its recorded summary still feeds the sweeper), an unfinished one
+        # resumes.
+        done = apply_resume(cfg, run_dir)
+        summary = done or run_job("focalnet-train", cfg, train)
     # What an optimising sweeper (hparams_search=optuna) maximises; None marks a failed trial.
     return (summary.get("metrics") or {}).get(cfg.get("optimized_metric"))
 
