@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import torch
 from conftest import BIN, QUICK, TINY, read_summary, run_cli
 from focalnet import train
 from focalnet.plugins import AtomicCheckpointIO
+from focalnet.runinfo import one_line, write_json
 
 EPOCH_BATCHES = 79  # digits' 1257 training images in batches of 16 (QUICK)
 
@@ -295,3 +297,42 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing_half_written(overrides, 
         assert summary["status"] == "failed" and f"error: {summary['error']}" == error
         assert not [p for p in run_dir.rglob("*") if p.suffix in (".ckpt", ".tmp")]
         assert not (run_dir / "csv" / "metrics.csv").exists()
+
+
+# --- a full disk or a failing device while a checkpoint or the summary is written ----------------------------------
+
+
+def _fail_with(code: int):
+    def fail(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    return fail
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_a_checkpoint_write_that_fails_part_way_keeps_the_previous_file(tmp_path, monkeypatch, code):
+    io, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"epoch": 1, "w": torch.ones(1000)}, path)
+    before = path.read_bytes()
+
+    def save_half(obj, file):  # the disk fills after part of the file went out
+        file.write(before[: len(before) // 2])
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(torch, "save", save_half)
+    with pytest.raises(OSError) as failure:
+        io.save_checkpoint({"epoch": 2, "w": torch.zeros(1000)}, path)
+    assert str(failure.value) == f"[Errno {code}] could not write {path}: {os.strerror(code)}"
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]  # whole, and no partial file left
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+def test_a_summary_write_that_fails_keeps_the_previous_summary(tmp_path, monkeypatch, code):
+    path = tmp_path / "summary.json"
+    write_json(path, {"status": "running"})
+    monkeypatch.setattr(os, "fsync", _fail_with(code))  # where a network filesystem reports a full disk
+    with pytest.raises(OSError) as failure:
+        write_json(path, {"status": "completed"})
+    assert one_line(failure.value) == f"[Errno {code}] could not write {path}: {os.strerror(code)}"
+    assert read_summary(tmp_path) == {"status": "running"} and sorted(tmp_path.iterdir()) == [path]

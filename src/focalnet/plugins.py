@@ -12,12 +12,12 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_warn
 
-from focalnet.runinfo import one_line
+from focalnet.runinfo import atomic_file, one_line
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to `<name>.tmp` beside it, flushes it to disk, then renames it into place: a kill at
-    any moment leaves the previous file whole and loadable.
+    """Writes each checkpoint to a temporary file beside it, flushes it to disk, then renames it into place: a kill or
+    a full disk at any moment leaves the previous file whole and loadable (runinfo.atomic_file).
 
     Lightning's own save stages the file in the system temp folder and `shutil.move`s it, a copy that a kill can cut
     short when that folder is on another filesystem than the run (a cluster's local /tmp and shared storage).
@@ -27,14 +27,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
         if "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as file:
+        with atomic_file(Path(path), "wb") as file:
             torch.save(checkpoint, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
 
 
 class WandbLogger(LightningWandbLogger):

@@ -10,6 +10,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -65,12 +66,28 @@ def one_line(error: BaseException) -> str:
     return prefix + (text.splitlines()[0].strip() if text else type(error).__name__)
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically: readers (focalnet-report, a sweep monitor) never see a half-written file."""
+@contextmanager
+def atomic_file(path: Path, mode: str = "w"):
+    """A file that replaces `path` only once it is completely written and on disk. A write that fails part-way
+    (ENOSPC, EIO, a kill) leaves `path` as it was and no partial file; the error names `path`, in one line."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, mode) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise OSError(error.errno, f"could not write {path}: {error.strerror or error}") from None
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically: readers (focalnet-report, a sweep monitor) never see a half-written file."""
+    with atomic_file(path) as file:
+        file.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def git_info(path: Path | None = None, run_dir: Path | None = None) -> dict[str, Any] | None:
