@@ -24,11 +24,12 @@ from focalnet.runinfo import one_line, write_json
 EPOCH_BATCHES = 79  # digits' 1257 training images in batches of 16 (QUICK)
 
 
-def start_and_signal(run_dir: Path, signum: int, epoch: int, batch: int, cwd: Path, *extra: str) -> subprocess.Popen:
+def start_and_signal(run_dir: Path, signum: int, epoch: int, batch: int, cwd: Path, *extra: str,
+                     logger: str = "csv") -> subprocess.Popen:
     """Start the QUICK run with its progress bar on and send `signum` once it reports `batch` of `epoch`."""
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true")
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(cwd / "wandb-home"))
     env.pop("HYDRA_FULL_ERROR", None)
-    args = [*QUICK, "callbacks.progress_bar.refresh_rate=1", "logger=csv", f"hydra.run.dir={run_dir}", *extra]
+    args = [*QUICK, "callbacks.progress_bar.refresh_rate=1", f"logger={logger}", f"hydra.run.dir={run_dir}", *extra]
     args.remove("callbacks.progress_bar=null")
     process = subprocess.Popen(
         [str(BIN / "focalnet-train"), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -80,17 +81,20 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_metrics(trained_r
 
 def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint_and_the_run_resumes(tmp_path):
     run_dir, shorter = tmp_path / "run", ("trainer.max_epochs=2", "trainer.limit_train_batches=30")
-    process = start_and_signal(run_dir, signal.SIGKILL, 1, 10, tmp_path, *shorter)
+    process = start_and_signal(run_dir, signal.SIGKILL, 1, 10, tmp_path, *shorter, logger="[wandb,csv]")
     assert process.returncode == -signal.SIGKILL
     assert read_summary(run_dir)["status"] == "running"  # nothing could record the kill
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 30  # the end of epoch 0: what epoch 1 had done is lost
-    args = [*QUICK, *shorter, "logger=csv", f"hydra.run.dir={run_dir}", "resume=auto"]
+    args = [*QUICK, *shorter, "logger=[wandb,csv]", f"hydra.run.dir={run_dir}", "resume=auto"]
     result = run_cli("focalnet-train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = read_summary(run_dir)
     assert summary["status"] == "completed" and summary["resumed_from"] == str(run_dir / "checkpoints" / "last.ckpt")
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
+    # The resumed run continues the killed one's W&B run: offline, a second folder with the same run id.
+    first, second = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert first.name.split("-")[-1] == second.name.split("-")[-1] == summary["wandb_resumed_id"]
 
 
 class Unpicklable:

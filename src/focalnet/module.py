@@ -347,6 +347,11 @@ class ClassificationModule(L.LightningModule):
     # on_train_start, after the sanity check, whose dataloader iterator draws from the global RNG.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["class_names"] = self.class_names  # what the outputs mean, for whoever loads the checkpoint
+        # The W&B run a resumed run continues (train.continue_wandb_run).
+        from lightning.pytorch.loggers import WandbLogger
+
+        ids = [logger.version for logger in self.loggers if isinstance(logger, WandbLogger)]
+        checkpoint["wandb_run_id"] = ids[0] if ids else None
         checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available():
             checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()

@@ -79,9 +79,11 @@ def atomic_file(path: Path, mode: str = "w"):
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except OSError as error:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
-        raise OSError(error.errno, f"could not write {path}: {error.strerror or error}") from None
+        if isinstance(error, OSError):
+            raise OSError(error.errno, f"could not write {path}: {error.strerror or error}") from None
+        raise
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

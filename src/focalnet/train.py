@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from focalnet.runinfo import git_info, job_info, now, one_line, versions, write_json
 from focalnet.sweeps import apply_resume, job_lock
@@ -209,6 +209,7 @@ def train(cfg: DictConfig, summary: dict) -> None:
     module = instantiate(cfg.module, model=model, optim=resolved["optim"], run_config=resolved, _recursive_=False)
     if ckpt_path:
         check_checkpoint(ckpt_path, module)
+    continue_wandb_run(cfg, ckpt_path, summary)
     trainer = build_trainer(cfg, summary)
     trainer.callbacks.append(FirstStepTimer(summary, started))
     for logger in trainer.loggers:
@@ -235,6 +236,21 @@ def train(cfg: DictConfig, summary: dict) -> None:
     summary["metrics"] = metrics
     if trainer.is_global_zero:
         report(summary, trainer)
+
+
+def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None, summary: dict) -> None:
+    """A run resumed from a checkpoint (resume=auto after SIGTERM or preemption, or ckpt_path=) logs into the W&B run
+    that wrote the checkpoint: same id, resume="allow" (online W&B appends to it; offline, a second folder
+    offline-run-<time>-<same id> that `wandb sync` uploads into that run)."""
+    import torch
+
+    if not ckpt_path or (cfg.get("logger") or {}).get("wandb") is None or cfg.logger.wandb.get("id"):
+        return
+    run_id = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("wandb_run_id")
+    if run_id:
+        with open_dict(cfg):
+            cfg.logger.wandb.id, cfg.logger.wandb.resume = run_id, "allow"
+        summary["wandb_resumed_id"] = run_id
 
 
 def fill_split_file(data: DictConfig, run_dir: Path, ckpt_path: str | None) -> None:
