@@ -25,8 +25,9 @@ EPOCH_BATCHES = 79  # digits' 1257 training images in batches of 16 (QUICK)
 
 
 def start_and_signal(run_dir: Path, signum: int, epoch: int, batch: int, cwd: Path, *extra: str,
-                     logger: str = "csv") -> subprocess.Popen:
-    """Start the QUICK run with its progress bar on and send `signum` once it reports `batch` of `epoch`."""
+                     logger: str = "csv", stage: bytes = rb"Epoch") -> subprocess.Popen:
+    """Start the QUICK run with its progress bar on and send `signum` once it reports `batch` of `epoch` (of the
+    first validation pass with stage=rb"Validation")."""
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(cwd / "wandb-home"))
     env.pop("HYDRA_FULL_ERROR", None)
     args = [*QUICK, "callbacks.progress_bar.refresh_rate=1", f"logger={logger}", f"hydra.run.dir={run_dir}", *extra]
@@ -34,14 +35,15 @@ def start_and_signal(run_dir: Path, signum: int, epoch: int, batch: int, cwd: Pa
     process = subprocess.Popen(
         [str(BIN / "focalnet-train"), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    progress, output, deadline = re.compile(rb"Epoch (\d+):[^|]*\|[^|]*\| (\d+)/"), b"", time.monotonic() + 240
+    progress = re.compile(stage + rb" (\d+|DataLoader 0):[^|]*\|[^|]*\| (\d+)/")
+    output, deadline = b"", time.monotonic() + 240
     while time.monotonic() < deadline and select.select([process.stdout], [], [], deadline - time.monotonic())[0]:
         chunk = os.read(process.stdout.fileno(), 1 << 16)
         if not chunk:
             break
         output = (output + chunk)[-4000:]
         seen = progress.findall(output)
-        if seen and (int(seen[-1][0]), int(seen[-1][1])) >= (epoch, batch):
+        if seen and (int(seen[-1][0]) if seen[-1][0].isdigit() else epoch, int(seen[-1][1])) >= (epoch, batch):
             process.send_signal(signum)
             break
     else:
@@ -77,6 +79,23 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_metrics(trained_r
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_summary(run_dir)["status"] == "completed"
     assert_same_metrics(run_dir, trained_run)
+
+
+def test_sigterm_during_validation_then_resume_gives_the_uninterrupted_metrics(tmp_path):
+    # One image per validation batch: a pass long enough (60 batches) to be signalled in its middle.
+    short = ("trainer.max_epochs=2", "trainer.limit_train_batches=8", "trainer.limit_val_batches=60",
+             "trainer.limit_test_batches=20", "data.batch_size=1")
+    reference = run_cli("focalnet-train", *QUICK, *short, "logger=csv", "hydra.run.dir=full", cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    run_dir = tmp_path / "run"
+    process = start_and_signal(run_dir, signal.SIGTERM, 0, 10, tmp_path, *short, stage=rb"Validation")
+    assert process.returncode == 143 and read_summary(run_dir)["status"] == "interrupted"
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 8 and checkpoint["epoch"] == 0  # epoch 0 trained, its validation cut short
+    result = run_cli("focalnet-train", *QUICK, *short, "logger=csv", f"hydra.run.dir={run_dir}", "resume=auto",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_metrics(run_dir, tmp_path / "full")
 
 
 def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint_and_the_run_resumes(tmp_path):
