@@ -81,23 +81,6 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_metrics(trained_r
     assert_same_metrics(run_dir, trained_run)
 
 
-def test_sigterm_during_validation_then_resume_gives_the_uninterrupted_metrics(tmp_path):
-    # One image per validation batch: a pass long enough (60 batches) to be signalled in its middle.
-    short = ("trainer.max_epochs=2", "trainer.limit_train_batches=8", "trainer.limit_val_batches=60",
-             "trainer.limit_test_batches=20", "data.batch_size=1")
-    reference = run_cli("focalnet-train", *QUICK, *short, "logger=csv", "hydra.run.dir=full", cwd=tmp_path)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    run_dir = tmp_path / "run"
-    process = start_and_signal(run_dir, signal.SIGTERM, 0, 10, tmp_path, *short, stage=rb"Validation")
-    assert process.returncode == 143 and read_summary(run_dir)["status"] == "interrupted"
-    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert checkpoint["global_step"] == 8 and checkpoint["epoch"] == 0  # epoch 0 trained, its validation cut short
-    result = run_cli("focalnet-train", *QUICK, *short, "logger=csv", f"hydra.run.dir={run_dir}", "resume=auto",
-                     cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_metrics(run_dir, tmp_path / "full")
-
-
 def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint_and_the_run_resumes(tmp_path):
     run_dir, shorter = tmp_path / "run", ("trainer.max_epochs=2", "trainer.limit_train_batches=30")
     process = start_and_signal(run_dir, signal.SIGKILL, 1, 10, tmp_path, *shorter, logger="[wandb,csv]")

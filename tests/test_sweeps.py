@@ -75,7 +75,8 @@ def test_ddp_sweep_jobs(ddp_sweep_run):
     # (a rank that saw the sweep's argv would have started a sweep of its own, with folders of its own).
     job_files = {".hydra", ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "summary.json",
                  "train.log", "train_ddp_process_1.log", "checkpoints", "checkpoints/epoch000.ckpt",
-                 "checkpoints/last.ckpt", "wandb", "wandb/offline-run-*", "wandb/latest-run", "wandb/debug.log",
+                 "checkpoints/last.ckpt", ".lock", "wandb",
+                 "wandb/offline-run-*", "wandb/latest-run", "wandb/debug.log",
                  "wandb/debug-internal.log"}
     expected = {"wandb-home", "sweep", "sweep/multirun.yaml"}
     jobs = [f"sweep/{job_dir(ddp_sweep / 'sweep', num).name}" for num in range(4)]

@@ -46,27 +46,24 @@ def apply_resume(cfg: DictConfig, run_dir: Path) -> dict | None:
 
 @contextmanager
 def job_lock(run_dir: Path):
-    """Hold `<run_dir>/.lock` while this process runs the job: yields None, or the pid of the live process that holds
-    it already (two `resume=auto` commands on one sweep, a requeue racing a manual restart). An flock, so the OS
-    releases it when its process dies: a killed run leaves no stale lock. Ranks other than 0 (the DDP processes rank
-    0 starts on its job) take none."""
+    """Hold `<run_dir>/.lock` while this process runs the job: yields False, or True when a live process holds it
+    already (two `resume=auto` commands on one sweep, a requeue racing a manual restart). An flock, so the OS
+    releases it when its process dies: a killed run leaves no stale lock. The file is never written: a completed
+    job's folder stays byte for byte as it was. Ranks other than 0 (the DDP processes rank 0 starts on its job) take
+    none."""
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:
-        yield None
+        yield False
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as lock:
+    with open(run_dir / ".lock", "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            lock.seek(0)
-            yield lock.read().strip() or "?"
+            yield True
             return
-        lock.truncate(0)
-        lock.write(str(os.getpid()))
-        lock.flush()
-        yield None
+        yield False
 
 
 class SweepCallback(Callback):

@@ -298,9 +298,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     with job_lock(run_dir) as busy:
         if busy:  # another live process trains this job: nothing here may write into its folder
             if cfg.get("resume") == "auto":
-                print(f"resume=auto: {run_dir} is being trained by process {busy}, skipped", flush=True)
+                print(f"resume=auto: {run_dir} is being trained by another process, skipped", flush=True)
             else:
-                print(f"error: {run_dir} is being trained by process {busy}", file=sys.stderr, flush=True)
+                print(f"error: {run_dir} is being trained by another process", file=sys.stderr, flush=True)
                 FAILED.append(str(run_dir))
             return None
         # resume=auto: a completed job is skipped (its recorded summary still feeds the sweeper), an unfinished one
