@@ -17,12 +17,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 BIN = Path(sys.executable).parent
 
 
-def run_cli(app: str, *overrides: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run a console script of this venv the way a user would, offline and quiet, from `cwd`.
+def run_cli(app: str, *overrides: str, cwd: Path, timeout: float = 300, env: dict | None = None
+            ) -> subprocess.CompletedProcess:  # fmt: skip
+    """Run a console script of this venv the way a user would, offline and quiet, from `cwd` (`env`: more variables).
 
     A subprocess, never in-process: Lightning's DDP launcher re-executes sys.argv, which inside pytest is pytest.
     """
-    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(cwd / "wandb-home"))
+    env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(cwd / "wandb-home"), **(env or {}))
     env.pop("HYDRA_FULL_ERROR", None)
     (cwd / "wandb-home").mkdir(parents=True, exist_ok=True)
     return subprocess.run(

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 import focalnet
+from focalnet import schema
 from focalnet.train import config_dir
 
 CONF = Path(config_dir())
@@ -26,6 +27,7 @@ def compose_train(overrides: list[str], tmp_path: Path, config_name: str = "trai
     with initialize_config_dir(str(CONF), version_base="1.3"):
         cfg = compose(config_name, [f"paths.output_dir={tmp_path}", *overrides], return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
+    schema.validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))  # every shipped option is legal
     return cfg
 
 

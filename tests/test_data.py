@@ -109,7 +109,7 @@ def test_digits_normalisation_gives_zero_mean_unit_std(digits):
         ({"num_classes": 5}, "data.num_classes=5"),
         ({"in_channels": 3}, "data.in_channels=3"),
         ({"batch_size": 0}, "data.batch_size=0"),
-        ({"augment": {"hflp": 0.5}}, "unknown option 'hflp'"),
+        ({"augment": {"hflp": 0.5}}, "data.augment.hflp is not an option; known: random_resized_crop"),
         ({"augment": "fancy"}, "data.augment='fancy'"),
         ({"augment": {**NO_AUGMENT, "rand_augment": {"n": 2, "m": 9}}}, "rand_augment needs RGB"),
     ],

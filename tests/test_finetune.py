@@ -165,8 +165,8 @@ OPTIM = {"optimizer": {"_target_": "torch.optim.AdamW", "lr": 1e-3}, "warmup_epo
         ({"layer_decay": 0}, "optim.layer_decay=0 must be in (0, 1] (null or 1 turns it off)"),
         ({"layer_decay": 1.5}, "optim.layer_decay=1.5 must be in (0, 1] (null or 1 turns it off)"),
         ({"layer_decay": "high"}, "optim.layer_decay='high' must be in (0, 1] (null or 1 turns it off)"),
-        ({"head_lr_scale": 0}, "optim.head_lr_scale=0 must be > 0"),
-        ({"head_lr_scale": -10}, "optim.head_lr_scale=-10 must be > 0"),
+        ({"head_lr_scale": 0}, "optim.head_lr_scale=0 must be a number > 0"),
+        ({"head_lr_scale": -10}, "optim.head_lr_scale=-10 must be a number > 0"),
         ({"freeze_backbone": "yes"}, "optim.freeze_backbone='yes' must be true or false"),
     ],
 )

@@ -149,8 +149,8 @@ ERRORS = [
     (lambda root: root, {}, r"data\.root={root} holds no images"),
     (lambda root: (root / "loose.png").touch(), {}, r"data\.root={root} holds no images"),
     (lambda root: flat_root(root, per_class=1), {}, r"data\.root={root}: every class has a single image"),
-    (lambda root: flat_root(root), {"num_classes": "many"}, r"data\.num_classes='many' must be auto or a positive"),
-    (lambda root: flat_root(root), {"val_fraction": 1.5}, r"data\.val_fraction=1\.5 must be in \(0, 1\)"),
+    (lambda root: flat_root(root), {"num_classes": "many"}, r"data\.num_classes='many' must be an integer >= 1, auto"),
+    (lambda root: flat_root(root), {"val_fraction": 1.5}, r"data\.val_fraction=1\.5 must be a number in \(0, 1\)"),
     (lambda root: flat_root(root), {"test_fraction": 0.95}, r"data\.test_fraction=0\.95 must be in \[0, 1 - "),
 ]
 
@@ -175,7 +175,6 @@ def run_app(app, *overrides: str, cwd: Path) -> int:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(cwd)
         patch.setattr(sys, "argv", [app.__name__, *overrides])
-        patch.setattr(train, "FAILED", [])
         for name, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": str(cwd),
                             "HYDRA_FULL_ERROR": "0"}.items():  # fmt: skip
             patch.setenv(name, value)

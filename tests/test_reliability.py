@@ -25,9 +25,8 @@ EPOCH_BATCHES = 79  # digits' 1257 training images in batches of 16 (QUICK)
 
 
 def start_and_signal(run_dir: Path, signum: int, epoch: int, batch: int, cwd: Path, *extra: str,
-                     logger: str = "csv", stage: bytes = rb"Epoch") -> subprocess.Popen:
-    """Start the QUICK run with its progress bar on and send `signum` once it reports `batch` of `epoch` (of the
-    first validation pass with stage=rb"Validation")."""
+                     logger: str = "csv") -> subprocess.Popen:
+    """Start the QUICK run with its progress bar on and send `signum` once it reports `batch` of `epoch`."""
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(cwd / "wandb-home"))
     env.pop("HYDRA_FULL_ERROR", None)
     args = [*QUICK, "callbacks.progress_bar.refresh_rate=1", f"logger={logger}", f"hydra.run.dir={run_dir}", *extra]
@@ -35,7 +34,7 @@ def start_and_signal(run_dir: Path, signum: int, epoch: int, batch: int, cwd: Pa
     process = subprocess.Popen(
         [str(BIN / "focalnet-train"), *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
-    progress = re.compile(stage + rb" (\d+|DataLoader 0):[^|]*\|[^|]*\| (\d+)/")
+    progress = re.compile(rb"Epoch (\d+):[^|]*\|[^|]*\| (\d+)/")
     output, deadline = b"", time.monotonic() + 240
     while time.monotonic() < deadline and select.select([process.stdout], [], [], deadline - time.monotonic())[0]:
         chunk = os.read(process.stdout.fileno(), 1 << 16)
@@ -43,7 +42,7 @@ def start_and_signal(run_dir: Path, signum: int, epoch: int, batch: int, cwd: Pa
             break
         output = (output + chunk)[-4000:]
         seen = progress.findall(output)
-        if seen and (int(seen[-1][0]) if seen[-1][0].isdigit() else epoch, int(seen[-1][1])) >= (epoch, batch):
+        if seen and (int(seen[-1][0]), int(seen[-1][1])) >= (epoch, batch):
             process.send_signal(signum)
             break
     else:
@@ -76,6 +75,54 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_metrics(trained_r
     # The same command again, resume=auto: continues from checkpoints/last.ckpt.
     args = [*QUICK, "logger=csv", f"hydra.run.dir={run_dir}", "resume=auto"]
     result = run_cli("focalnet-train", *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_summary(run_dir)["status"] == "completed"
+    assert_same_metrics(run_dir, trained_run)
+
+
+# The CLI's main() in a subprocess that sends itself SIGTERM after evaluation batch {batch} of {stage} ("validation" in
+# epoch 0 or "test"), as a scheduler would, at a batch known in advance.
+SIGTERM_AT = """
+import os, signal, sys
+from focalnet.module import ClassificationModule
+from focalnet.train import main
+
+step = getattr(ClassificationModule, "{stage}_step")
+def stage_step(self, batch, batch_idx):
+    out = step(self, batch, batch_idx)
+    if batch_idx == {batch} and (self.trainer.testing or self.current_epoch == 0) and not self.trainer.sanity_checking:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return out
+setattr(ClassificationModule, "{stage}_step", stage_step)
+sys.argv = ["focalnet-train", *sys.argv[1:]]
+main()
+"""
+
+
+def run_signalled(stage: str, batch: int, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, WANDB_MODE="offline")
+    env.pop("HYDRA_FULL_ERROR", None)
+    script = SIGTERM_AT.format(stage=stage, batch=batch)
+    return subprocess.run([sys.executable, "-c", script, *overrides], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def test_sigterm_in_validation_then_in_the_test_phase_and_two_resumes_give_the_uninterrupted_metrics(
+    trained_run, tmp_path
+):
+    run_dir = tmp_path / "run"
+    args = [*QUICK, "logger=csv", f"hydra.run.dir={run_dir}"]
+    result = run_signalled("validation", 5, *args, cwd=tmp_path)
+    assert result.returncode == 143 and read_summary(run_dir)["status"] == "interrupted", result.stderr[-3000:]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == EPOCH_BATCHES and checkpoint["epoch"] == 0  # its validation cut short
+    # Resumed: epoch 0's validation runs again from its first batch, epochs 1 and 2 train; then stopped while testing.
+    result = run_signalled("test", 3, *args, "resume=auto", cwd=tmp_path)
+    assert result.returncode == 143 and read_summary(run_dir)["status"] == "interrupted", result.stderr[-3000:]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["global_step"] == 3 * EPOCH_BATCHES  # training's end: the test phase saves nothing over it
+    # Resumed again: nothing left to train; the best checkpoint is tested, the fit's metrics come from last.ckpt.
+    result = run_cli("focalnet-train", *args, "resume=auto", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_summary(run_dir)["status"] == "completed"
     assert_same_metrics(run_dir, trained_run)
@@ -129,19 +176,23 @@ def training_step(self, batch, batch_idx):
         batch = (torch.full_like(batch[0], float("nan")), batch[1])
     return step(self, batch, batch_idx)
 ClassificationModule.training_step = training_step
+if {deferred}:  # as on a GPU: the first non-finite step kept on the device, looked at later
+    import focalnet.module
+    focalnet.module.host_sync_is_costly = lambda device: True
 sys.argv = ["focalnet-train", *sys.argv[1:]]
 main()
 """
 
 
-@pytest.mark.parametrize("mode", ["stop", "skip"])
+@pytest.mark.parametrize("mode", ["stop", "skip", "stop-without-a-sync-per-step"])
 def test_a_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(mode, tmp_path):
     run_dir = tmp_path / "run"
     overrides = [*TINY, "trainer.max_epochs=2", "trainer.limit_train_batches=3", "logger=csv"]
     env = dict(os.environ, WANDB_MODE="offline")
     env.pop("HYDRA_FULL_ERROR", None)
     result = subprocess.run(
-        [sys.executable, "-c", NAN_AT_STEP.format(step=4), *overrides, f"module.on_nonfinite={mode}",
+        [sys.executable, "-c", NAN_AT_STEP.format(step=4, deferred=mode != "skip" and mode != "stop"), *overrides,
+         f"module.on_nonfinite={mode.split('-')[0]}",
          f"hydra.run.dir={run_dir}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -154,6 +205,14 @@ def test_a_nonfinite_loss_stops_naming_the_step_and_the_last_good_checkpoint(mod
             "(module.on_nonfinite=skip skips such batches)"
         )
         assert read_summary(run_dir)["status"] == "failed"
+        assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3  # epoch 0's, untouched
+    elif mode == "stop-without-a-sync-per-step":  # seen at the end of epoch 1, before its checkpoint is written
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines()[-1] == (
+            "error: non-finite loss (nan) at step 4 (seen at step 6: on cpu the loss is checked every "
+            "trainer.log_every_n_steps steps, not to wait for the device at each one); last good checkpoint: "
+            f"{last} (module.on_nonfinite=skip skips such batches)"
+        )
         assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3  # epoch 0's, untouched
     else:
         assert result.returncode == 0, result.stderr[-3000:]
@@ -219,7 +278,7 @@ BAD_INPUT = [
     (["test=maybe"], "test='maybe'"),
     (["model.focal_levels=-1"], "focal_levels=-1"),
     (["model.focal_kernel=4"], "focal_kernel=4"),
-    (["data.image_size=30"], "image_size=30 is not divisible by patch_size=4"),
+    (["data.image_size=30"], "model.image_size=30 is not divisible by model.patch_size=4"),  # the model's own check
     (["model.patch_size=0"], "patch_size=0"),
     (["model.drop_path_rate=2"], "drop_path_rate=2"),
     (
@@ -236,13 +295,48 @@ BAD_INPUT = [
     ([f"ckpt_path={{tmp}}/{CORRUPT}"], f"ckpt_path={{tmp}}/{CORRUPT} is not a readable training checkpoint"),
     ([f"ckpt_path={{tmp}}/{ANOTHER_MODEL}"], f"ckpt_path={{tmp}}/{ANOTHER_MODEL} is a checkpoint of another model"),
     (["trainer.accelerator=gpu"], "trainer: No supported gpu backend"),
-    (["trainer.precision=bogus"], "Precision 'bogus' is invalid"),
+    (["trainer.precision=bogus"], "trainer.precision='bogus' must be auto, 64-true"),
     (["trainer.limit_train_batches=-1"], "limit_train_batches"),
-    (["optim.optimizer.lr=-1"], "optim.optimizer: Invalid learning rate"),
+    (["optim.optimizer.lr=-1"], "optim.optimizer.lr=-1 must be a number > 0"),
     (["optim.optimizer._target_=torch.optim.Nope"], "optim.optimizer: Error loading 'torch.optim.Nope'"),
     (["optim.warmup_epochs=-1"], "optim.warmup_epochs=-1"),
     (["module.label_smoothing=2"], "module.label_smoothing=2"),
-    (["module.on_nonfinite=nope"], "module.on_nonfinite='nope'"),
+    (["module.on_nonfinite=nope"], "module.on_nonfinite='nope' must be stop or skip"),
+    # Every group's schema (focalnet.schema): the key, the value and what is allowed.
+    (["seed=-1"], "seed=-1 must be an integer in [0, 4294967295] or null"),
+    (["fail_fast=1"], "fail_fast=1 must be true or false"),
+    (["resume=yes"], "resume='yes' must be auto or null"),
+    (["model.hidden_size=-8"], "model.hidden_size=-8 must be an integer >= 1"),
+    (["model.mlp_ratio=0"], "model.mlp_ratio=0 must be a number > 0"),
+    (["model.num_layers=0"], "model.num_layers=0 must be an integer >= 1"),
+    (["model.gate_act=relu"], "model.gate_act='relu' must be none or sigmoid"),
+    (["model.use_global_context=maybe"], "model.use_global_context='maybe' must be true or false"),
+    (["model.layerscale_value=0"], "model.layerscale_value=0 must be a number > 0"),
+    (["data.image_size=-32"], "data.image_size=-32 must be an integer >= 1"),
+    (["data.pin_memory=2"], "data.pin_memory=2 must be true or false"),
+    (["data.split_seed=-1"], "data.split_seed=-1 must be an integer in [0, 4294967295]"),
+    (["data.augment.hflip=2"], "data.augment.hflip=2 must be a number in [0, 1] or null"),
+    (["+data.augment.hflp=0.5"], "data.augment.hflp is not an option; known: random_resized_crop"),
+    (["data.augment=fancy"], "data.augment='fancy' is not a preset"),
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1 must be a number >= 0 or null"),
+    (["trainer.devices=0"], "trainer.devices=0 must be an integer >= 1, -1, a string"),
+    (["trainer.max_epochs=-5"], "trainer.max_epochs=-5 must be an integer >= -1 or null"),
+    (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 must be an integer >= 1"),
+    (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 must be an integer >= 1 or null"),
+    (["trainer.accelerator=quantum"], "trainer.accelerator='quantum' must be auto, cpu, gpu"),
+    (["trainer.deterministic=sometimes"], "trainer.deterministic='sometimes' must be true or false, warn or null"),
+    (["optim.optimizer.weight_decay=-0.1"], "optim.optimizer.weight_decay=-0.1 must be a number >= 0"),
+    (["optim.optimizer.betas=[0.9]"], "optim.optimizer.betas=[0.9] must be a list of 2, each a number in [0, 1)"),
+    (["optim.min_lr=-1"], "optim.min_lr=-1 must be a number >= 0"),
+    (["optim.layer_decay=2"], "optim.layer_decay=2 must be in (0, 1] (null or 1 turns it off)"),
+    (["module.mixup_alpha=-1"], "module.mixup_alpha=-1 must be a number >= 0 (0 turns it off)"),
+    (["module.max_nonfinite=0"], "module.max_nonfinite=0 must be an integer >= 1"),
+    (["callbacks.model_checkpoint.mode=maximum"], "callbacks.model_checkpoint.mode='maximum' must be min or max"),
+    (["callbacks.model_checkpoint.save_top_k=-2"], "callbacks.model_checkpoint.save_top_k=-2 must be an integer >= -1"),
+    (["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=-1"],
+     "callbacks.early_stopping.patience=-1 must be an integer >= 0"),
+    (["callbacks=[default,ema]", "callbacks.ema.decay=1.5"], "callbacks.ema.decay=1.5 must be a number in (0, 1)"),
+    (["logger=wandb", "logger.wandb.offline=maybe"], "logger.wandb.offline='maybe' must be true or false"),
     ([f"hydra.run.dir={{tmp}}/{A_FILE}/run"], f"Not a directory: '{{tmp}}/{A_FILE}/run'"),  # an unwritable run folder
     # Multi-process and launcher cases run as the CLI in a subprocess.
     (["-m", "hydra/launcher=nope", "SUBPROCESS"], "hydra/launcher/nope"),
@@ -268,7 +362,6 @@ def run_in_process(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
     """focalnet-train's main() in this process (3-10x faster than a subprocess for runs that fail before training)."""
     monkeypatch.setattr(sys, "argv", ["focalnet-train", *args])
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    monkeypatch.setattr(train, "FAILED", [])
     code = 0
     try:
         train.main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,31 @@ def test_ddp_on_two_cpu_processes_makes_one_run(tmp_path):
     assert summary["status"] == "completed" and "test/acc_top1" in summary["metrics"]
     assert len(list(tmp_path.rglob("summary.json"))) == 1
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1
+
+
+def test_a_rank_failing_at_start_up_stops_every_rank_within_the_bound(tmp_path):
+    # Rank 1 resolves model.num_layers from NUM_LAYERS_1 (its LOCAL_RANK), to 0: it fails before the group forms.
+    layers = "model.num_layers='${oc.decode:${oc.env:NUM_LAYERS_${oc.env:LOCAL_RANK,0}}}'"
+    env = {"NUM_LAYERS_0": "1", "NUM_LAYERS_1": "0"}
+    start = time.monotonic()
+    result = run_cli("focalnet-train", *TINY, "trainer=ddp_cpu", layers, "startup_timeout=40",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)  # fmt: skip
+    took = time.monotonic() - start
+    summary = read_summary(tmp_path / "run")
+    assert result.returncode == 1 and summary["status"] == "failed", result.stderr[-3000:]
+    assert summary["error"] == ("rank 1 exited with code 1 before the process group formed: model.num_layers=0 must "
+                                "be an integer >= 1")  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: model.num_layers=0 must be an integer >= 1", f"error: {summary['error']}"]  # 1, then 0
+    assert took < 40, took  # not gloo's 30 minutes: both processes ended as soon as rank 1 did
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(tmp_path).encode() in _read(p)]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
 
 
 # --- bad input -------------------------------------------------------------------------------------------------

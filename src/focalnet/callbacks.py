@@ -53,12 +53,16 @@ class CheckpointOnInterrupt(Callback):
             signal.signal(signal.SIGUSR1, signal.getsignal(signal.SIGTERM))
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
+        # In the test phase the module holds the best checkpoint's weights, and training's last.ckpt is complete.
+        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking or trainer.testing:
             return
         if trainer.validating:
-            # Lightning would resume validation at the next batch with the metrics of the earlier ones lost: start it
-            # over instead (the validation loader is not resumable, and need not be).
-            trainer.fit_loop.epoch_loop.val_loop.batch_progress.current.reset()
+            # Stopped between two validation batches, Lightning would resume by skipping the rest of this validation
+            # (the epoch's metrics, best checkpoint and early stopping never seeing it). Recorded as stopped inside a
+            # batch, it runs the validation again from its first batch (the metrics of the earlier ones are lost).
+            progress = trainer.fit_loop.epoch_loop.val_loop.batch_progress
+            progress.current.reset()
+            progress.total.ready = progress.total.started = progress.total.processed + 1
         trainer.save_checkpoint(self.path)
         if rank_zero_only.rank == 0:
             log.warning(

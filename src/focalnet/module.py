@@ -20,6 +20,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from focalnet import schema
 from focalnet.runinfo import one_line
 
 
@@ -124,6 +125,11 @@ def _accuracy(num_classes: int) -> MetricCollection:
     )
 
 
+def host_sync_is_costly(device: torch.device) -> bool:
+    """Whether reading a step's result on the host waits for queued work: on accelerators, not on CPUs."""
+    return device.type != "cpu"
+
+
 class ClassificationModule(L.LightningModule):
     """Cross-entropy training of `model` with AdamW, warm-up + cosine schedule, optional mixup/cutmix.
 
@@ -158,23 +164,9 @@ class ClassificationModule(L.LightningModule):
         max_nonfinite: int = 10,
     ):
         super().__init__()
-        if not 0 <= label_smoothing < 1:
-            raise ValueError(f"module.label_smoothing={label_smoothing} must be in [0, 1)")
-        for key, value in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
-            if value < 0:
-                raise ValueError(f"module.{key}={value} must be >= 0 (0 turns it off)")
-        if on_nonfinite not in ("stop", "skip"):
-            raise ValueError(f"module.on_nonfinite={on_nonfinite!r} must be stop or skip")
-        if optim.get("warmup_epochs", 0) < 0:
-            raise ValueError(f"optim.warmup_epochs={optim['warmup_epochs']} must be >= 0")
-        layer_decay, head_lr_scale = optim.get("layer_decay"), optim.get("head_lr_scale", 1.0)
-        if layer_decay is not None and not (isinstance(layer_decay, (int, float)) and 0 < layer_decay <= 1):
-            raise ValueError(f"optim.layer_decay={layer_decay!r} must be in (0, 1] (null or 1 turns it off)")
-        if not (isinstance(head_lr_scale, (int, float)) and head_lr_scale > 0):
-            raise ValueError(f"optim.head_lr_scale={head_lr_scale!r} must be > 0")
+        schema.check("module", locals())
+        schema.check("optim", optim)
         freeze_backbone = optim.get("freeze_backbone", False)
-        if not isinstance(freeze_backbone, bool):
-            raise ValueError(f"optim.freeze_backbone={freeze_backbone!r} must be true or false")
         if freeze_backbone:
             head = [p for name, p in model.named_parameters() if name.startswith("head.")]
             if not head:
@@ -200,6 +192,7 @@ class ClassificationModule(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self._epoch_images = self._nonfinite = 0
+        self._first_nonfinite: torch.Tensor | None = None  # accelerators: [step, loss] of the first non-finite loss
         self._epoch_start = self._epoch_train_time = 0.0
         self.class_names: list[str] | None = None  # the data's, from setup(); checkpoints keep them
         self._outputs: list[torch.Tensor] = []
@@ -224,7 +217,9 @@ class ClassificationModule(L.LightningModule):
             )
         logits = self(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
-        if not self._finite_or_skip(loss, batch_idx):
+        if self.hparams.on_nonfinite == "stop" and host_sync_is_costly(loss.device):
+            self._note_nonfinite(loss)
+        elif not self._finite_or_skip(loss, batch_idx):
             return None  # Lightning skips the backward pass and the optimizer step
         self.train_metrics.update(logits, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
@@ -242,13 +237,37 @@ class ClassificationModule(L.LightningModule):
         if self.hparams.on_nonfinite == "skip" and self._nonfinite <= self.hparams.max_nonfinite:
             rank_zero_warn(f"non-finite loss at {where}: batch skipped ({self._nonfinite} of module.max_nonfinite)")
             return False
+        raise FloatingPointError(self._nonfinite_message(loss.item(), where))
+
+    def _nonfinite_message(self, loss: float, where: str) -> str:
         # The newest checkpoint any ModelCheckpoint wrote (last.ckpt has its own callback, see conf/callbacks/).
         saved = {p for c in self.trainer.checkpoint_callbacks for p in (c.last_model_path, c.best_model_path) if p}
         last = max((p for p in saved if os.path.exists(p)), key=os.path.getmtime, default=None)
-        raise FloatingPointError(
-            f"non-finite loss ({loss.item()}) at {where}; last good checkpoint: {last or 'none yet'}"
-            + ("" if self.hparams.on_nonfinite == "skip" else " (module.on_nonfinite=skip skips such batches)")
+        return f"non-finite loss ({loss}) at {where}; last good checkpoint: {last or 'none yet'}" + (
+            "" if self.hparams.on_nonfinite == "skip" else " (module.on_nonfinite=skip skips such batches)"
         )
+
+    # On accelerators, on_nonfinite=stop keeps the first non-finite step on the device and looks every
+    # trainer.log_every_n_steps steps, at epoch end and before a checkpoint is written: no host sync per step, and no
+    # checkpoint of weights a non-finite step reached. (skip needs the answer before the backward pass: it syncs.)
+    def _note_nonfinite(self, loss: torch.Tensor) -> None:
+        if self._first_nonfinite is None:
+            self._first_nonfinite = torch.tensor([-1.0, 0.0], device=loss.device)  # step, loss
+        step = self._first_nonfinite[0]
+        first = ~torch.isfinite(loss.detach()) & (step < 0)
+        now = torch.stack([torch.full_like(step, self.global_step), loss.detach().float()])  # kernels, no copies
+        self._first_nonfinite = torch.where(first, now, self._first_nonfinite)
+
+    def _stop_if_nonfinite_was_seen(self) -> None:
+        if self._first_nonfinite is None:
+            return
+        step, value = self._first_nonfinite.tolist()
+        if self.trainer.strategy.reduce_boolean_decision(step >= 0, all=False):  # on any rank
+            where = (f"step {int(step)}" if step >= 0 else "another rank") + (
+                f" (seen at step {self.global_step}: on {self.device.type} the loss is checked every "
+                "trainer.log_every_n_steps steps, not to wait for the device at each one)"
+            )
+            raise FloatingPointError(self._nonfinite_message(value if step >= 0 else float("nan"), where))
 
     def _evaluate(self, batch, metrics: MetricCollection, stage: str) -> None:
         images, labels = batch
@@ -310,8 +329,11 @@ class ClassificationModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self._epoch_train_time = time.perf_counter() - self._epoch_start
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            self._stop_if_nonfinite_was_seen()
 
     def on_train_epoch_end(self) -> None:
+        self._stop_if_nonfinite_was_seen()
         if self._epoch_train_time > 0:
             rate = self._epoch_images / self._epoch_train_time
             self.log("train/images_per_s", rate, sync_dist=True, reduce_fx="sum")
@@ -335,6 +357,9 @@ class ClassificationModule(L.LightningModule):
             optimizer = optimizer_class(groups, **kwargs)
         except Exception as error:
             raise ValueError(f"optim.optimizer: {one_line(error)}") from error
+        ema = ((self.hparams.run_config or {}).get("callbacks") or {}).get("ema")
+        if ema and (warning := schema.ema_warning(ema["decay"], ema.get("update_every_n_steps", 1), total_steps)):
+            rank_zero_warn(warning)
         max_epochs = self.trainer.max_epochs
         warmup_steps = round(optim["warmup_epochs"] * total_steps / max_epochs) if max_epochs and max_epochs > 0 else 0
         scheduler = warmup_cosine(
@@ -346,7 +371,10 @@ class ClassificationModule(L.LightningModule):
     # same shuffles, augmentations and drop-paths as the run that never stopped. The states are applied at
     # on_train_start, after the sanity check, whose dataloader iterator draws from the global RNG.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._stop_if_nonfinite_was_seen()
         checkpoint["class_names"] = self.class_names  # what the outputs mean, for whoever loads the checkpoint
+        # The metrics so far: a run resumed after its training had finished (stopped in the test phase) reports them.
+        checkpoint["metrics"] = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
         # The W&B run a resumed run continues (train.continue_wandb_run).
         from lightning.pytorch.loggers import WandbLogger
 

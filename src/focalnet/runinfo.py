@@ -23,6 +23,9 @@ PACKAGES = ("focalnet", "torch", "lightning", "torchmetrics", "hydra-core", "ome
 JOB_DIRNAME_MAX = 100  # characters of the overrides in a job folder's name (the job number keeps names unique)
 
 
+FAILED: list[str] = []  # run folders of the jobs that failed in this process (the command then exits 1)
+
+
 def job_dirname(num: int, overrides: str) -> str:
     """A sweep job's folder name: its number, then its overrides (hydra.job.override_dirname), filesystem-safe.
 

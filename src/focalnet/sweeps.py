@@ -12,6 +12,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from focalnet.runinfo import FAILED
+
 
 def resume_state(run_dir: Path) -> tuple[str, dict | None]:
     """resume=auto's rule: completed -> "skip"; a checkpoints/last.ckpt and not failed -> "resume"; else "scratch"."""
@@ -30,11 +32,8 @@ def resume_state(run_dir: Path) -> tuple[str, dict | None]:
 def apply_resume(cfg: DictConfig, run_dir: Path) -> dict | None:
     """With resume=auto: a completed job's summary (the caller skips the job), else None after pointing
     cfg.ckpt_path at the job's last.ckpt when it should resume. A ckpt_path given by the user wins."""
-    resume = cfg.get("resume")
-    if resume is None:
-        return None
-    if resume != "auto":
-        raise ValueError(f"resume={resume!r}: expected null or auto")
+    if cfg.get("resume") != "auto":
+        return None  # null, or a bad value that the job then fails on (focalnet.schema)
     state, summary = resume_state(run_dir)
     if state == "skip":
         print(f"resume=auto: {run_dir} completed earlier, skipped", flush=True)
@@ -80,8 +79,6 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # Jobs run by a parallel launcher fail in its worker processes, so their failures are not in this process's
         # FAILED list; their summaries say so and make the command exit 1 too.
-        from focalnet.train import FAILED
-
         for path in Path(config.hydra.sweep.dir).glob("*/summary.json"):
             try:
                 failed = json.loads(path.read_text()).get("status") == "failed"

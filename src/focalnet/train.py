@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import sys
 import time
@@ -20,8 +21,11 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from focalnet.runinfo import git_info, job_info, now, one_line, versions, write_json
+from focalnet import schema
+from focalnet.runinfo import FAILED, git_info, job_info, now, one_line, versions, write_json
 from focalnet.sweeps import apply_resume, job_lock
+
+log = logging.getLogger(__name__)
 
 
 def config_dir() -> str:
@@ -29,9 +33,6 @@ def config_dir() -> str:
     here = Path(__file__).resolve().parent
     packaged = here / "conf"
     return str(packaged if packaged.is_dir() else here.parents[1] / "conf")
-
-
-FAILED: list[str] = []  # run folders of the jobs that failed in this process
 
 
 def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None]) -> dict[str, Any]:
@@ -67,6 +68,9 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
         summary.update(status="failed", error=one_line(error))
         if rank_zero:
             (run_dir / "error.log").write_text(traceback.format_exc())
+        else:  # where rank 0 reads it when the process group never formed (watch_startup)
+            error_log = run_dir / f"error-rank{rank_zero_only.rank}.log"
+            error_log.write_text(f"{summary['error']}\n{traceback.format_exc()}")
         print(f"error: {summary['error']}", file=sys.stderr, flush=True)
         FAILED.append(str(run_dir))
     except SystemExit as stop:  # SIGTERM/SIGUSR1 (Lightning's SIGTERMException, after saving last.ckpt) or Ctrl-C
@@ -120,6 +124,50 @@ def rerun_this_job_in_children(run_dir: Path, *overrides: str) -> None:
     OmegaConf.set_readonly(hydra_cfg, True)
 
 
+def watch_startup(trainer, summary: dict, timeout: float) -> None:
+    """Bound the start-up of a multi-process run: until every rank has joined the process group, a rank that exits
+    (its error read from error-rank<k>.log), a rank 0 that is gone, or `timeout` seconds stop every rank at once,
+    the failed summary naming the cause. Without it, Lightning's child observer SIGKILLs rank 0 (nothing recorded)
+    or the others wait for rank 0 until gloo's 30-minute timeout."""
+    import threading
+
+    import torch.distributed as dist
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if trainer.world_size < 2:
+        return
+    rank, parent, run_dir = rank_zero_only.rank, os.getppid(), Path(summary["run_dir"])
+    procs = lambda: getattr(trainer.strategy.launcher, "procs", None) or []  # noqa: E731 (filled once launched)
+
+    def stop(message: str) -> None:
+        if rank == 0:
+            summary.update(status="failed", error=message, finished_at=now())
+            write_json(run_dir / "summary.json", summary)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        for proc in procs():
+            proc.kill()
+        if rank == 0:
+            _finish(failed=True)
+        os._exit(1)
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not (dist.is_available() and dist.is_initialized()):
+            for k, proc in enumerate(procs(), 1):
+                if proc.poll() is not None:
+                    log_file = run_dir / f"error-rank{k}.log"
+                    cause = log_file.read_text().splitlines()[0] if log_file.is_file() else "see its output above"
+                    stop(f"rank {k} exited with code {proc.returncode} before the process group formed: {cause}")
+            if rank != 0 and os.getppid() != parent:
+                stop("rank 0 exited before the process group formed")
+            if time.monotonic() > deadline:
+                stop(f"the {trainer.world_size} processes did not form a process group within startup_timeout="
+                     f"{timeout} s (a rank hangs, or starts slower: raise startup_timeout)")  # fmt: skip
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, name="focalnet-startup-watch", daemon=True).start()
+
+
 def launches_processes(trainer) -> bool:
     """Whether fit() will start the other ranks itself (DDP on one machine), not SLURM or torchrun."""
     environment = getattr(trainer.strategy, "cluster_environment", None)
@@ -155,9 +203,6 @@ def build_trainer(cfg: DictConfig, summary: dict):
         summary["wandb"] = {"project": wandb_cfg.project, "group": wandb_cfg.group, "mode": mode}
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    for key in ("max_epochs", "max_steps", "log_every_n_steps", "accumulate_grad_batches", "num_sanity_val_steps"):
-        if not isinstance(cfg.trainer.get(key, 0), (int, type(None))):
-            raise ValueError(f"trainer.{key}={cfg.trainer[key]!r} must be an integer")
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # logger=none: the learning rate has nowhere to go, and LearningRateMonitor would refuse to run
@@ -176,12 +221,10 @@ def train(cfg: DictConfig, summary: dict) -> None:
     from focalnet.callbacks import FirstStepTimer
     from focalnet.module import check_checkpoint
 
-    # Top-level keys have no schema to check them; Lightning would fail on them late, or silently misread them.
-    if cfg.seed is not None and (not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool)):
-        raise ValueError(f"seed={cfg.seed!r} must be an integer or null")
-    for key in ("test", "fail_fast"):
-        if not isinstance(cfg.get(key), bool):
-            raise ValueError(f"{key}={cfg.get(key)!r} must be true or false")
+    schema.validate(cfg)  # every key's type and range, before anything is built
+    for warning in schema.warnings(cfg):
+        log.warning(warning)
+        summary.setdefault("warnings", []).append(warning)
     summary["seed"] = L.seed_everything(cfg.seed, workers=True)
     choices = HydraConfig.get().runtime.choices
     summary["model"] = cfg.model.get("name") or "focalnet_card"
@@ -201,7 +244,7 @@ def train(cfg: DictConfig, summary: dict) -> None:
     datamodule = instantiate(cfg.data, _convert_="all")
     if cfg.data.get("num_classes") == "auto":  # counted by the data module; the model's head is ${data.num_classes}
         cfg.data.num_classes = datamodule.num_classes
-    model = instantiate(cfg.model, _convert_="all")
+    model = build_model(cfg.model)
     stats = focalnet.model_stats(model, cfg.data.image_size, cfg.data.in_channels)
     summary.update(stats)
     # The resolved config plus the chosen group options travels to W&B and into every checkpoint.
@@ -220,11 +263,14 @@ def train(cfg: DictConfig, summary: dict) -> None:
         rerun_this_job_in_children(Path(summary["run_dir"]), "resume=null", f'ckpt_path="{ckpt_path}"' if ckpt_path
                                    else "ckpt_path=null")
 
+    watch_startup(trainer, summary, cfg.startup_timeout)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise RuntimeError("training was interrupted")
     summary["classes"] = class_summary(datamodule.classes)
     metrics = {k: v.item() for k, v in trainer.callback_metrics.items()}
+    if ckpt_path and not any(k.startswith("val/") for k in metrics):  # resumed with nothing left to train
+        metrics = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("metrics", {}) | metrics
     summary["train_images_per_s"] = metrics.get("train/images_per_s")
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
@@ -236,6 +282,21 @@ def train(cfg: DictConfig, summary: dict) -> None:
     summary["metrics"] = metrics
     if trainer.is_global_zero:
         report(summary, trainer)
+
+
+def build_model(model_cfg: DictConfig):
+    """The model; its own checks (kernel parity, image size against patch size) name plain arguments, which a run
+    reports as the config keys they came from: `image_size=30` becomes `model.image_size=30`."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(model_cfg, _convert_="all")
+    except InstantiationException as error:
+        if not isinstance(error.__cause__, ValueError):
+            raise
+        keys = "|".join(k for k in model_cfg if not k.startswith("_"))
+        raise ValueError(re.sub(rf"(?<![\w.])({keys})=", r"model.\1=", one_line(error.__cause__))) from error
 
 
 def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None, summary: dict) -> None:
@@ -314,6 +375,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def main(hydra_main: Callable[[], None] = _hydra_main) -> None:
     """Console entry point: Hydra's own errors (unknown option, bad override) become one line, and the exit code
     is 1 when any run failed. HYDRA_FULL_ERROR=1 shows full tracebacks instead."""
+    FAILED.clear()  # this command's jobs only (tests call main() more than once in a process)
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises instead of printing its multi-line report
     try:

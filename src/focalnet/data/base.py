@@ -40,11 +40,6 @@ class VisionDataModule(L.LightningDataModule):
         root: str | None = None,
     ) -> None:
         super().__init__()
-        for key, value in (("image_size", image_size), ("batch_size", batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"data.{key}={value!r} must be a positive integer")
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"data.num_workers={num_workers!r} must be an integer >= 0")
         self.num_classes = num_classes
         self.classes = [str(i) for i in range(num_classes)]  # names, where the dataset has them, after setup()
         self.in_channels = in_channels

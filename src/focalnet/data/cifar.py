@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from focalnet import schema
 from focalnet.data.augment import NO_AUGMENT
 from focalnet.data.base import VisionDataModule, check_fixed, download_checked
 
@@ -57,13 +58,12 @@ class CIFAR10DataModule(VisionDataModule):
         num_classes: int | None = None,
         in_channels: int = 3,
     ) -> None:
+        schema.check("data", locals())
         name = type(self).__name__.removesuffix("DataModule").lower()
         check_fixed("num_classes", self.classes_total if num_classes is None else num_classes, self.classes_total, name)
         check_fixed("in_channels", in_channels, 3, name)
         if root is None:
             raise ValueError(f"data.root is not set; point it at the folder holding {self.folder}")
-        if not isinstance(val_size, int) or val_size < 1:
-            raise ValueError(f"data.val_size={val_size!r} must be a positive number of train images")
         super().__init__(
             num_classes=self.classes_total, in_channels=3, mean=self.dataset_mean, std=self.dataset_std,
             image_size=image_size, batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
@@ -94,10 +94,11 @@ class CIFAR10DataModule(VisionDataModule):
         with open(self.base / self.meta_file, "rb") as f:
             self.classes = [n.decode() for n in pickle.load(f, encoding="bytes")[self.names_key]]
         images, labels = read_batches([self.base / f for f in self.train_files], self.label_key)
-        if self.val_size >= len(labels):
+        val_size = round(self.val_size * len(labels)) if isinstance(self.val_size, float) else self.val_size
+        if not 0 < val_size < len(labels):
             raise ValueError(f"data.val_size={self.val_size} must be smaller than the {len(labels)} train images")
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
-        train, val = order[self.val_size :], order[: self.val_size]
+        train, val = order[val_size:], order[:val_size]
         self.train_set = TensorDataset(images[train], labels[train])
         self.val_set = TensorDataset(images[val], labels[val])
         self.test_set = TensorDataset(*read_batches([self.base / f for f in self.test_files], self.label_key))

@@ -7,6 +7,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
+from focalnet import schema
 from focalnet.data.augment import NO_AUGMENT
 from focalnet.data.base import VisionDataModule, check_fixed
 
@@ -35,11 +36,9 @@ class DigitsDataModule(VisionDataModule):
         in_channels: int = 1,
         root: str | None = None,
     ) -> None:
+        schema.check("data", locals())
         check_fixed("num_classes", num_classes, 10, "digits")
         check_fixed("in_channels", in_channels, 1, "digits")
-        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0 < value < 1:
-                raise ValueError(f"data.{key}={value!r} must be in (0, 1)")
         if val_fraction + test_fraction >= 1:
             raise ValueError(f"data.val_fraction + data.test_fraction = {val_fraction + test_fraction} leaves no train")
         super().__init__(

@@ -13,6 +13,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from focalnet import schema
 from focalnet.data.augment import PRESETS
 from focalnet.data.base import VisionDataModule
 from focalnet.runinfo import write_json
@@ -98,19 +99,12 @@ class ImageFolderDataModule(VisionDataModule):
         split_seed: int = 0,
         split_file: str | None = None,
     ) -> None:
+        schema.check("data", locals())
         if root is None:
             raise ValueError("data.root is not set; point it at the folder of class folders (or of train/ and val/)")
-        if num_classes != "auto" and (not isinstance(num_classes, int) or num_classes < 1):
-            raise ValueError(f"data.num_classes={num_classes!r} must be auto or a positive integer")
         if in_channels != 3:
             raise ValueError(f"data.in_channels={in_channels!r} but imagefolder decodes RGB (3)")
-        if on_corrupt not in ("skip", "error"):
-            raise ValueError(f"data.on_corrupt={on_corrupt!r} must be 'skip' or 'error'")
-        if not 0 < crop_pct <= 1:
-            raise ValueError(f"data.crop_pct={crop_pct!r} must be in (0, 1]")
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"data.val_fraction={val_fraction!r} must be in (0, 1)")
-        if not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        if val_fraction + test_fraction >= 1:
             raise ValueError(f"data.test_fraction={test_fraction!r} must be in [0, 1 - data.val_fraction)")
         self.split_file = Path(split_file).expanduser() if split_file else None
         folder = Path(root).expanduser()

@@ -9,6 +9,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import TensorDataset
 
+from focalnet import schema
 from focalnet.data.augment import NO_AUGMENT
 from focalnet.data.base import VisionDataModule, check_fixed, download_checked
 
@@ -71,16 +72,12 @@ class FashionMNISTDataModule(VisionDataModule):
         num_classes: int = 10,
         in_channels: int = 1,
     ) -> None:
+        schema.check("data", locals())
         name = type(self).__name__.removesuffix("DataModule").lower()
         check_fixed("num_classes", num_classes, 10, name)
         check_fixed("in_channels", in_channels, 1, name)
         if root is None:
             raise ValueError(f"data.root is not set; point it at the folder holding the {name} IDX files")
-        for key, value in (("val_size", val_size), ("train_subset", train_subset)):
-            count = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-            fraction = isinstance(value, float) and 0 < value < 1
-            if not (count or fraction or (key == "train_subset" and value is None)):
-                raise ValueError(f"data.{key}={value!r} must be a number of images >= 1 or a fraction in (0, 1)")
         super().__init__(
             num_classes=10, in_channels=1, mean=self.dataset_mean, std=self.dataset_std, image_size=image_size,
             batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory, augment=augment, seed=seed,

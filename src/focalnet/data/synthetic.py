@@ -3,6 +3,7 @@
 import torch
 from torch.utils.data import TensorDataset
 
+from focalnet import schema
 from focalnet.data.augment import NO_AUGMENT
 from focalnet.data.base import VisionDataModule
 
@@ -24,10 +25,7 @@ class SyntheticDataModule(VisionDataModule):
         seed: int = 0,
         root: str | None = None,
     ) -> None:
-        sizes = {"num_classes": num_classes, "in_channels": in_channels, "num_samples": num_samples}
-        for key, value in {**sizes, "num_eval_samples": num_eval_samples}.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"data.{key}={value!r} must be a positive integer")
+        schema.check("data", locals())
         # Uniform uint8 noise has mean 0.5 and std 0.29 per channel once scaled to [0, 1].
         super().__init__(
             num_classes=num_classes, in_channels=in_channels, mean=(0.5,) * in_channels, std=(0.29,) * in_channels,
