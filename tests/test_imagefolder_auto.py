@@ -238,6 +238,12 @@ def test_eval_and_resume_see_the_recorded_split_after_the_folder_grew(flat_run, 
     assert sum(c["acc"] * c["images"] for c in evaluation["per_class"].values()) / 3 == pytest.approx(accuracy)
     for name in ("cat", "dog", "fox"):
         assert f"  {name}  acc=" in output.out
+    code = run_app(evaluate, f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "split=val",
+                   f"hydra.run.dir={cwd / 'eval_val'}", cwd=cwd)  # fmt: skip
+    assert code == 0, capsys.readouterr().err[-3000:]
+    on_val = read_summary(cwd / "eval_val")
+    assert {name: c["images"] for name, c in on_val["per_class"].items()} == {"cat": 1, "dog": 1, "fox": 1}
+    assert sum(c["acc"] for c in on_val["per_class"].values()) / 3 == pytest.approx(on_val["metrics"]["val/acc_top1"])
 
     resumed = cwd / "resumed"
     two_epochs = [o for o in FAST if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=2"]

@@ -394,6 +394,7 @@ def test_bad_input_fails_in_one_line_and_leaves_nothing_half_written(overrides, 
     if run_dir.exists():
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "failed" and f"error: {summary['error']}" == error
+        assert (run_dir / "error.log").read_text().startswith("Traceback")  # the whole story, for a bug report
         assert not [p for p in run_dir.rglob("*") if p.suffix in (".ckpt", ".tmp")]
         assert not (run_dir / "csv" / "metrics.csv").exists()
 

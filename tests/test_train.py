@@ -220,29 +220,3 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
-
-
-# --- bad input -------------------------------------------------------------------------------------------------
-
-
-def error_line(result: subprocess.CompletedProcess) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, result.stderr[-3000:]
-    return lines[0]
-
-
-def test_missing_data_root_fails_the_run(tmp_path):
-    result = run_cli(
-        "focalnet-train",
-        "data=cifar10",
-        f"data.root={tmp_path / 'nowhere'}",
-        "logger=csv",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 1
-    assert "data.root=" in error_line(result) and "nowhere" in error_line(result)
-    summary = read_summary(tmp_path / "run")
-    assert summary["status"] == "failed" and "nowhere" in summary["error"]
-    assert (tmp_path / "run" / "error.log").read_text().startswith("Traceback")
-    assert not (tmp_path / "run" / "checkpoints").exists()

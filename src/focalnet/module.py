@@ -13,6 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -196,7 +197,7 @@ class ClassificationModule(L.LightningModule):
         self._epoch_start = self._epoch_train_time = 0.0
         self.class_names: list[str] | None = None  # the data's, from setup(); checkpoints keep them
         self._outputs: list[torch.Tensor] = []
-        self.predictions: torch.Tensor | None = None  # [2, N] labels and predicted classes of the last val/test pass
+        self.predictions: torch.Tensor | None = None  # [2, N] labels and predicted classes of the last test pass
 
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
@@ -276,7 +277,8 @@ class ClassificationModule(L.LightningModule):
         metrics.update(logits, labels)
         self.log(f"{stage}/loss", loss, sync_dist=True, batch_size=len(labels))
         self.log_dict(metrics, prog_bar=stage == "val")
-        self._outputs.append(torch.stack([labels, logits.argmax(1)]))
+        if self.trainer.state.fn != TrainerFn.FITTING:  # for focalnet-eval and the test's confusion matrix only
+            self._outputs.append(torch.stack([labels, logits.argmax(1)]))
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics, "val")
