@@ -165,7 +165,7 @@ class Trainer(Group):
     accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps", "tpu"] = UNSET
     devices: PosInt | Literal[-1] | str | list[NonNegInt] = UNSET  # "auto", "0,1", [0, 1]
     num_nodes: PosInt = UNSET
-    strategy: str = UNSET
+    strategy: str | dict[str, Any] = UNSET  # "ddp", or a strategy to instantiate (_target_: ...DDPStrategy)
     precision: Precision | None = None
     gradient_clip_val: NonNeg | None = None
     gradient_clip_algorithm: Literal["norm", "value"] | None = None
