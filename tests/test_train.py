@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import focalnet
-from conftest import BIN, QUICK, TINY, read_summary, run_cli
+from conftest import BIN, TINY, read_summary, run_cli
 from focalnet.module import mix_batch, param_groups, warmup_cosine
 
 # --- optimiser, schedule, mixing -------------------------------------------------------------------------------
