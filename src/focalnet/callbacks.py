@@ -37,20 +37,32 @@ class CheckpointOnInterrupt(Callback):
     """Saves the run's state to `path` (checkpoints/last.ckpt) when SIGTERM (preemption, `kill`, `scancel`) or
     SIGUSR1 (SLURM's early warning) stops training: Lightning's SignalConnector lets the current batch finish and
     raises SIGTERMException, so the checkpoint holds every batch trained so far, and the same command with
-    `ckpt_path=<path>` (or resume=auto) continues exactly where the run stopped.
+    `ckpt_path=<path>` (or resume=auto) continues exactly where the run stopped. The exception carries what
+    happened (`interrupt`: signal, epoch, step, checkpoint) to the run's summary; under SLURM, train.py then requeues
+    the job after a SIGUSR1.
 
     Not Lightning's OnExceptionCheckpoint or ModelCheckpoint(save_on_exception=True): both save on any error too (a
     non-finite loss, a crash) and would overwrite the last good checkpoint with a broken state. Ctrl-C
-    (KeyboardInterrupt) is not saved either: it can land half-way through an optimizer step.
+    (KeyboardInterrupt) is not saved either: it can land half-way through an optimizer step. Nor Lightning's SLURM
+    auto-requeue: its SIGUSR1 handler saves hpc_ckpt_<n>.ckpt the moment the signal lands, half-way through a step,
+    and the requeued run drifts from the uninterrupted one.
     """
 
     def __init__(self, path: str):
         self.path = path
+        self.signal = "SIGTERM"
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        # SIGUSR1 does what SIGTERM does, unless Lightning's SLURM auto-requeue handles it (hpc_ckpt + requeue).
-        if signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGUSR1, signal.getsignal(signal.SIGTERM))
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # Installed before Lightning registers its handlers, so Lightning keeps it and adds no auto-requeue handler
+        # of its own. At signal time it runs whatever SIGTERM runs then: Lightning's "stop after this batch".
+        def on_sigusr1(signum, frame) -> None:
+            self.signal = "SIGUSR1"
+            handler = signal.getsignal(signal.SIGTERM)
+            if callable(handler):
+                handler(signum, frame)
+
+        self.signal = "SIGTERM"
+        signal.signal(signal.SIGUSR1, on_sigusr1)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         # In the test phase the module holds the best checkpoint's weights, and training's last.ckpt is complete.
@@ -64,9 +76,11 @@ class CheckpointOnInterrupt(Callback):
             progress.current.reset()
             progress.total.ready = progress.total.started = progress.total.processed + 1
         trainer.save_checkpoint(self.path)
+        exception.interrupt = {"signal": self.signal, "epoch": trainer.current_epoch, "step": trainer.global_step,
+                               "checkpoint": self.path}
         if rank_zero_only.rank == 0:
             log.warning(
-                f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {self.path}; "
+                f"{self.signal} at epoch {trainer.current_epoch}, step {trainer.global_step}: saved {self.path}; "
                 "the same command with resume=auto (or ckpt_path=<that file>) continues from it"
             )
 

@@ -31,8 +31,9 @@ def resume_state(run_dir: Path) -> tuple[str, dict | None]:
 
 def apply_resume(cfg: DictConfig, run_dir: Path) -> dict | None:
     """With resume=auto: a completed job's summary (the caller skips the job), else None after pointing
-    cfg.ckpt_path at the job's last.ckpt when it should resume. A ckpt_path given by the user wins."""
-    if cfg.get("resume") != "auto":
+    cfg.ckpt_path at the job's last.ckpt when it should resume. A ckpt_path given by the user wins. A job that SLURM
+    started again (requeued after preemption: SLURM_RESTART_COUNT > 0) resumes as with resume=auto."""
+    if cfg.get("resume") != "auto" and not int(os.environ.get("SLURM_RESTART_COUNT") or 0):
         return None  # null, or a bad value that the job then fails on (focalnet.schema)
     state, summary = resume_state(run_dir)
     if state == "skip":
@@ -75,6 +76,8 @@ class SweepCallback(Callback):
         # Its name holds the start time and a random id: resuming the sweep means passing it back.
         print(f"sweep folder: {sweep_dir}  (to resume: the same command + hydra.sweep.dir={sweep_dir} resume=auto)",
               flush=True)
+        if "submitit" in str(config.hydra.launcher.get("_target_")):
+            quiet_sacct()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         # Jobs run by a parallel launcher fail in its worker processes, so their failures are not in this process's
@@ -86,6 +89,23 @@ class SweepCallback(Callback):
                 continue
             if failed and str(path.parent.absolute()) not in FAILED:
                 FAILED.append(str(path.parent.absolute()))
+
+
+def quiet_sacct() -> None:
+    """On a SLURM cluster without accounting (no slurmdbd, as on a workstation's one-node cluster) `sacct` fails,
+    and submitit warns at every poll that job states "may be inaccurate". They never were needed: a job is done when
+    its result file exists, which submitit checks first. Where sacct fails, submitit stops calling it."""
+    import logging
+    import shutil
+    import subprocess
+
+    sacct = shutil.which("sacct")
+    if sacct and subprocess.run([sacct, "-n", "-X", "-j", "1"], capture_output=True).returncode == 0:
+        return
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    SlurmInfoWatcher._make_command = lambda self: None  # submitit's own "nothing to ask sacct" answer
+    logging.getLogger(__name__).info("SLURM accounting is off (sacct fails): job states come from the jobs' files")
 
 
 _claimed: list = []  # the lock file this process holds on its GPU group

@@ -7,6 +7,7 @@ goes on to its next job (unless fail_fast=true) and the command exits 1 at the e
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -54,6 +55,11 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
     summary["seed"] = cfg.get("seed")
     summary.update(git=git_info(run_dir=run_dir if rank_zero else None), versions=versions(), started_at=now(),
                    finished_at=None)
+    # A run that continues an interrupted one in this folder (resume=auto, a SLURM requeue) keeps its history: each
+    # part's start, end, wall time and how it stopped; the run's wall time is the sum.
+    parts = earlier_parts(run_dir, cfg.get("ckpt_path"))
+    part: dict[str, Any] = {"started_at": summary["started_at"], "host": info["host"], **slurm_job()}
+    summary.update(parts=[*parts, part], requeues=sum(p.get("requeued", False) for p in parts))
 
     def save() -> None:
         if rank_zero:
@@ -61,6 +67,7 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
 
     save()
     env, argv, start = dict(os.environ), list(sys.argv), time.perf_counter()
+    requeue = None
     try:
         body(cfg, summary)
         summary["status"] = "completed"
@@ -76,20 +83,73 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
     except SystemExit as stop:  # SIGTERM/SIGUSR1 (Lightning's SIGTERMException, after saving last.ckpt) or Ctrl-C
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        signal_name = "SIGTERM" if isinstance(stop, SIGTERMException) else "Ctrl-C"
-        summary.update(status="interrupted", error=f"interrupted by {signal_name}; resume=auto continues the run")
+        interrupt = getattr(stop, "interrupt", None) or {"signal": "SIGTERM" if isinstance(stop, SIGTERMException)
+                                                         else "Ctrl-C"}
+        part.update(interrupt)
+        where = f" at epoch {interrupt['epoch']}, step {interrupt['step']}" if "epoch" in interrupt else ""
+        # SLURM's warning ahead of preemption or the time limit: the job goes back into the queue and, started
+        # again, resumes from last.ckpt by itself. Anything else is continued by hand.
+        if interrupt["signal"] == "SIGUSR1" and part.get("slurm_job_id") and "checkpoint" in interrupt:
+            requeue = part["slurm_job_id"]
+            part["requeued"] = True
+            summary["requeues"] += 1
+            then = f"SLURM job {requeue} requeued: it resumes from last.ckpt when it starts again"
+        else:
+            then = "resume=auto continues the run"
+        summary.update(status="interrupted", error=f"interrupted by {interrupt['signal']}{where}; {then}")
         # 128 + 15, a shell's code for a process SIGTERM ended: the job did not complete (a sweep stops here too).
         raise SystemExit(143 if isinstance(stop, SIGTERMException) else stop.code) from None
     finally:
-        summary.update(wall_time_s=round(time.perf_counter() - start, 3), finished_at=now())
+        part.update(status=summary["status"], finished_at=now(), wall_time_s=round(time.perf_counter() - start, 3))
+        summary.update(wall_time_s=round(sum(p["wall_time_s"] for p in summary["parts"]), 3), finished_at=now())
         save()
         _finish(failed=summary["status"] != "completed")
         os.environ.clear()
         os.environ.update(env)  # Lightning and W&B set MASTER_PORT, WANDB_MODE, PL_GLOBAL_SEED, ...
         sys.argv[:] = argv
+        if requeue and rank_zero and not requeue_slurm_job(requeue):  # last: requeueing a running job ends it
+            part["requeued"], summary["requeues"] = False, summary["requeues"] - 1
+            summary["error"] = summary["error"].split(";")[0] + "; the requeue failed: resume=auto continues the run"
+            save()
     if summary["status"] == "failed" and cfg.get("fail_fast"):
         raise SystemExit(1)
     return summary
+
+
+def earlier_parts(run_dir: Path, ckpt_path: str | None) -> list[dict]:
+    """The parts of the run this start continues: those of the summary in `run_dir` when that run was interrupted
+    and this start resumes from a checkpoint inside `run_dir` (resume=auto, a SLURM requeue); else none."""
+    try:
+        earlier = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not ckpt_path or earlier.get("status") != "interrupted" or run_dir.resolve() not in Path(ckpt_path).resolve(
+    ).parents:  # fmt: skip
+        return []
+    # A summary written before parts were recorded: the run's one earlier part, as far as it was recorded.
+    keys = ("started_at", "finished_at", "wall_time_s", "status", "host")
+    return earlier.get("parts") or [{k: earlier.get(k) for k in keys}]
+
+
+def slurm_job() -> dict[str, Any]:
+    """This process's SLURM job (the array task's id where it is one) and how often SLURM restarted it; {} outside."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job_id = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else job
+    return {"slurm_job_id": job_id, "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0))}
+
+
+def requeue_slurm_job(job_id: str) -> bool:
+    """Put the job back into SLURM's queue, as Lightning's auto-requeue does (but after the exact checkpoint)."""
+    import subprocess
+
+    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if result.returncode:
+        print(f"error: scontrol requeue {job_id} failed: {one_line(RuntimeError(result.stderr))}", file=sys.stderr,
+              flush=True)
+    return result.returncode == 0
 
 
 def _finish(failed: bool) -> None:
@@ -254,6 +314,7 @@ def train(cfg: DictConfig, summary: dict) -> None:
         check_checkpoint(ckpt_path, module)
     continue_wandb_run(cfg, ckpt_path, summary)
     trainer = build_trainer(cfg, summary)
+    summary["world_size"] = trainer.world_size
     trainer.callbacks.append(FirstStepTimer(summary, started))
     for logger in trainer.loggers:
         logger.log_hyperparams({**resolved, **stats, "git": summary["git"], "command": summary["argv"]})
