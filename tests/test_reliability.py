@@ -76,8 +76,14 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_metrics(trained_r
     args = [*QUICK, "logger=csv", f"hydra.run.dir={run_dir}", "resume=auto"]
     result = run_cli("focalnet-train", *args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert read_summary(run_dir)["status"] == "completed"
+    summary = read_summary(run_dir)
+    assert summary["status"] == "completed"
     assert_same_metrics(run_dir, trained_run)
+    # The record of the run keeps both parts: how the first stopped, and the wall time of each.
+    first, second = summary["parts"]
+    assert (first["status"], first["signal"], first["step"]) == ("interrupted", "SIGTERM", done)
+    assert second["status"] == "completed" and summary["requeues"] == 0 and "slurm_job_id" not in first
+    assert summary["wall_time_s"] == pytest.approx(first["wall_time_s"] + second["wall_time_s"], abs=2e-3)
 
 
 # The CLI's main() in a subprocess that sends itself SIGTERM after evaluation batch {batch} of {stage} ("validation" in
