@@ -253,3 +253,17 @@ def test_grid_baseline_pairs_within_other_keys():
     assert by[1, 1]["is_baseline"] and by[1, 2]["is_baseline"]
     assert by[2, 2]["delta"] == pytest.approx(10) and by[2, 2]["half_width"] == pytest.approx(0, abs=1e-9)
     assert by[2, 2]["verdict"] == "better"
+
+
+def test_a_resumed_study_counts_the_time_its_jobs_ran_not_the_pause():
+    from focalnet.report import _wall_time
+
+    def part(start, end):  # minutes after 10:00
+        return {"started_at": f"2026-01-01T10:{start:02d}:00+00:00", "finished_at": f"2026-01-01T10:{end:02d}:00+00:00"}
+
+    # Two jobs side by side (0-20, 5-25), stopped; resumed at 40: job 0 ran 40-45, job 1 (done) and a third 40-50.
+    rows = [{"parts": [part(0, 20), part(40, 45)]}, {"parts": [part(5, 25)]}, {"parts": [part(40, 50)]},
+            {"status": "missing"}]
+    assert _wall_time(rows) == ("Wall time: 35.0 min with jobs running, in 2 stretches (the study was stopped and "
+                                "resumed); per job median 20.0 min (sum 55.0 min)")
+    assert _wall_time(rows[1:2]).startswith("Wall time: 20.0 min from the first job's start to the last one's end")

@@ -93,7 +93,8 @@ def collect(sweep_dir) -> list[dict]:
                      "seed": s.get("seed", overrides.get("seed")), **{k: s.get(k) for k in STATS},
                      **{k: metrics.get(k) for k in METRICS}, "error": s.get("error"), "run_dir": str(path.parent),
                      "wandb": s.get("wandb"), "argv": s.get("argv"), "started_at": s.get("started_at"),
-                     "finished_at": s.get("finished_at"), "precision": s.get("precision")})
+                     "finished_at": s.get("finished_at"), "precision": s.get("precision"),
+                     "parts": s.get("parts") or [{k: s.get(k) for k in ("started_at", "finished_at")}]})
     for hydra_dir in root.rglob(".hydra"):
         if hydra_dir.is_dir() and not (hydra_dir.parent / "summary.json").exists():
             rows.append(_missing_row(hydra_dir.parent, f"no summary.json in {hydra_dir.parent}"))
@@ -275,17 +276,28 @@ def _how_to_read(with_delta: bool, paper: dict | None) -> str:
 
 
 def _wall_time(rows: list[dict]) -> str | None:
-    """The study's wall time (first job's start to last job's end) and what its jobs took one by one."""
+    """The study's wall time (first job's start to last job's end) and what its jobs took one by one. A study that
+    was stopped and resumed (its jobs' `parts`) counts the time jobs ran, not the pause."""
     from datetime import datetime
 
-    times = [(datetime.fromisoformat(r["started_at"]), datetime.fromisoformat(r["finished_at"]))
-             for r in rows if r.get("started_at") and r.get("finished_at")]
+    parts = [[(datetime.fromisoformat(p["started_at"]), datetime.fromisoformat(p["finished_at"]))
+              for p in r.get("parts") or [] if p.get("started_at") and p.get("finished_at")] for r in rows]
+    times = sorted(t for job in parts for t in job)
     if not times:
         return None
-    span = (max(end for _, end in times) - min(start for start, _ in times)).total_seconds()
-    jobs = sorted((end - start).total_seconds() for start, end in times)
+    stretches = [list(times[0])]  # the union of the parts: when at least one job ran
+    for start, end in times[1:]:
+        if start > stretches[-1][1]:
+            stretches.append([start, end])
+        else:
+            stretches[-1][1] = max(stretches[-1][1], end)
+    span = sum((end - start).total_seconds() for start, end in stretches)
+    jobs = sorted(sum((end - start).total_seconds() for start, end in job) for job in parts if job)
+    where = "from the first job's start to the last one's end"
+    if len(stretches) > 1:
+        where = f"with jobs running, in {len(stretches)} stretches (the study was stopped and resumed)"
     precisions = sorted({r["precision"] for r in rows if r.get("precision")})
-    return (f"Wall time: {span / 60:.1f} min from the first job's start to the last one's end; per job median "
+    return (f"Wall time: {span / 60:.1f} min {where}; per job median "
             f"{statistics.median(jobs) / 60:.1f} min (sum {sum(jobs) / 60:.1f} min)"
             + (f"; precision {', '.join(precisions)}" if precisions else ""))
 

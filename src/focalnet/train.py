@@ -60,6 +60,7 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
     parts = earlier_parts(run_dir, cfg.get("ckpt_path"))
     part: dict[str, Any] = {"started_at": summary["started_at"], "host": info["host"], **slurm_job()}
     summary.update(parts=[*parts, part], requeues=sum(p.get("requeued", False) for p in parts))
+    summary["started_at"] = (parts[0].get("started_at") if parts else None) or part["started_at"]
 
     def save() -> None:
         if rank_zero:
