@@ -102,7 +102,8 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
         raise SystemExit(143 if isinstance(stop, SIGTERMException) else stop.code) from None
     finally:
         part.update(status=summary["status"], finished_at=now(), wall_time_s=round(time.perf_counter() - start, 3))
-        summary.update(wall_time_s=round(sum(p["wall_time_s"] for p in summary["parts"]), 3), finished_at=now())
+        total = sum(p.get("wall_time_s") or 0 for p in summary["parts"])
+        summary.update(wall_time_s=round(total, 3), finished_at=now())
         save()
         _finish(failed=summary["status"] != "completed")
         os.environ.clear()
