@@ -267,3 +267,53 @@ def test_a_resumed_study_counts_the_time_its_jobs_ran_not_the_pause():
     assert _wall_time(rows) == ("Wall time: 35.0 min with jobs running, in 2 stretches (the study was stopped and "
                                 "resumed); per job median 20.0 min (sum 55.0 min)")
     assert _wall_time(rows[1:2]).startswith("Wall time: 20.0 min from the first job's start to the last one's end")
+
+
+def test_baseline_runs_from_another_study_join_the_table(tmp_path, capsys):
+    """A kernel study that ran 5 only, plus the depth study's 4-layer runs (kernel 3 by default) as its baseline:
+    the joined runs land in the kernel-3 row (from their composed config), paired by seed, the first folder's
+    study block counts, and a job given twice is refused in one line."""
+    def job(root, num, overrides, a, study_block):
+        folder = root / (f"{num}_" + "+".join(f"{k}-{v}" for k, v in overrides.items()))
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text(
+            f"seed: {overrides['seed']}\nmodel:\n  focal_kernel: {overrides.get('model.focal_kernel', 3)}\n"
+            f"  num_layers: {overrides.get('model.num_layers', 4)}\nstudy:\n  baseline: {study_block}\n")
+        (folder / ".hydra" / "hydra.yaml").write_text(HYDRA_YAML)
+        summary = {"status": "completed", "overrides": overrides, "job_num": num, "seed": overrides["seed"],
+                   "metrics": {"test/acc_top1": a}, "run_dir": str(folder), "argv": f"train {root.name}"}
+        (folder / "summary.json").write_text(json.dumps(summary))
+        return folder
+
+    kernel, depth = tmp_path / "kernel", tmp_path / "depth"
+    for seed, a in enumerate([0.91, 0.93, 0.92]):
+        job(kernel, seed, {"model.focal_kernel": 5, "seed": seed}, a, "{model.focal_kernel: 3}")
+    base = [job(depth, 3 * n + seed, {"model.num_layers": layers, "seed": seed}, a, "{model.num_layers: 4}")
+            for n, (layers, accs) in enumerate([(2, [0.5] * 3), (4, [0.90, 0.91, 0.92])])
+            for seed, a in enumerate(accs)]
+    baseline_runs = [str(f) for f in base[3:]]
+    out = tmp_path / "report"
+    main([str(kernel), *baseline_runs, "--out", str(out)])
+    md = (out / "results.md").read_text()
+    rows = table(md)
+    assert set(rows) == {3, 5} and rows[3]["Δ top-1 (pts)"] == "baseline" and rows[3]["n"] == "3"
+    mean, half = t_interval([1, 2, 0])
+    assert rows[5]["Δ top-1 (pts)"] == f"{mean:+.2f}" and rows[5]["resolves ± (pts)"] == f"±{half:.2f}"
+    assert "Baseline: `model.focal_kernel=3`" in md and "Every job: `model.num_layers=4`" in md
+    assert "- `train kernel`" in md and "- `train depth`" in md
+    with open(out / "results.csv") as f:
+        assert sorted(r["model.focal_kernel"] for r in csv.DictReader(f)) == ["3", "3", "3", "5", "5", "5"]
+
+    # The whole depth study: its 2-layer rows join as a second key; kernel 5 is still paired with 4 layers, kernel 3.
+    main([str(kernel), str(depth), baseline_runs[0], "--out", str(out)])  # a job given twice counts once
+    lines = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| model.focal_kernel | model.num_layers |") and len(lines) == 1 + 3
+    assert any(line.startswith("| 5 | 4 |") and f"| {mean:+.2f} |" in line for line in lines)
+
+    again = job(tmp_path / "kernel_again", 0, {"model.focal_kernel": 5, "seed": 0}, 0.9, "{model.focal_kernel: 3}")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main([str(kernel), str(again), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert "same setting and seed" in err and str(again) in err and str(kernel / "0_model.focal_kernel-5+seed-0") in err

@@ -1,7 +1,10 @@
 """focalnet-report: turn a sweep folder (one summary.json per job) into a paper-style ablation table and plots.
 
-    focalnet-report multirun/2024-05-01/12-00-00 [--out DIR] [--baseline KEY=VALUE]
+    focalnet-report multirun/2024-05-01/12-00-00 [MORE_FOLDERS ...] [--out DIR] [--baseline KEY=VALUE]
                     [--[no-]wandb --wandb-project P --wandb-group G]
+
+More folders (sweeps or single jobs) join the same table: a study that reuses the baseline runs of another one
+names them instead of running them again.
 
 Writes results.csv (one row per job), results.md (one row per configuration: jobs grouped by the overrides that
 differ between them, minus ``seed``; test top-1 as mean ± std over seeds), acc_vs_*.png and curves.png (validation
@@ -74,10 +77,40 @@ def _missing_row(folder: Path, error: str) -> dict:
             **dict.fromkeys(STATS + METRICS), "error": error, "run_dir": str(folder)}
 
 
-def collect(sweep_dir) -> list[dict]:
-    """One dict per job folder under ``sweep_dir``: a job with a .hydra folder but no (readable) summary.json
-    comes back with status "missing" and the reason in "error"."""
-    root = Path(sweep_dir)
+def _composed(folder: Path, key: str):
+    """What a job ran with for an override key it was not given: its config group choice, else its config's value
+    (None where the job left no composed config)."""
+    choices = _load_yaml(folder / ".hydra" / "hydra.yaml").get("hydra", {}).get("runtime", {}).get("choices", {})
+    if key in choices:
+        return choices[key]
+    node = _load_yaml(folder / ".hydra" / "config.yaml")
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def collect(*sweep_dirs) -> list[dict]:
+    """One dict per job folder under the given folders (sweep folders or single jobs), those of the first folder
+    first. A job with a .hydra folder but no (readable) summary.json comes back with status "missing" and the reason
+    in "error". A key some jobs override and others do not (a baseline run in another study) gets the value the
+    others ran with from their composed config, so the same setting lands in the same row."""
+    rows, seen = [], set()
+    for sweep_dir in sweep_dirs:
+        for r in _collect(Path(sweep_dir)):
+            if Path(r["run_dir"]).resolve() not in seen:
+                seen.add(Path(r["run_dir"]).resolve())
+                rows.append(r)
+    keys = {k: None for r in rows for k in r["overrides"]}
+    for r in rows:
+        for k in keys:
+            if k not in r["overrides"] and (value := _composed(Path(r["run_dir"]), k)) is not None:
+                r["overrides"][k] = _normalize(value)
+    return rows
+
+
+def _collect(root: Path) -> list[dict]:
     rows = []
     for path in root.rglob("summary.json"):
         try:
@@ -157,6 +190,18 @@ def read_study(rows: list[dict]) -> dict:
     else:
         paper = None
     return {"baseline": baseline, "paper": paper, "data": ", ".join(data) or None}
+
+
+def duplicates(rows: list[dict]) -> tuple[str, str] | None:
+    """The run folders of two completed jobs with the same setting and seed (they would count twice), or None."""
+    keys, seen = swept_keys(rows), {}
+    for r in rows:
+        if r["status"] == "completed":
+            key = (tuple(r["overrides"].get(k) for k in keys), r.get("seed"))
+            if key in seen:
+                return seen[key], r["run_dir"]
+            seen[key] = r["run_dir"]
+    return None
 
 
 def aggregate(rows: list[dict]) -> list[dict]:
@@ -316,10 +361,13 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
     cols = [*keys, "params", "FLOPs", "images/s", "test top-1 (%)", "n", "failed"]
     cols += ["Δ top-1 (pts)", "95% CI (t)", "95% CI (bootstrap)", "resolves ± (pts)", "verdict"] if with_delta else []
     cols += ["paper top-1 (%)", "paper Δ (pts)"] if with_paper else []
-    lines = [f"# Sweep `{sweep_dir}`", ""]
-    commands = {r.get("argv") for r in rows} - {None}
+    folders = sweep_dir if isinstance(sweep_dir, (list, tuple)) else [sweep_dir]
+    lines = ["# Sweep " + " + ".join(f"`{f}`" for f in folders), ""]
+    commands = [c for c in dict.fromkeys(r.get("argv") for r in rows) if c]
     if len(commands) == 1:
-        lines += [f"Command: `{commands.pop()}`", ""]
+        lines += [f"Command: `{commands[0]}`", ""]
+    elif commands:  # several folders: each one's command, the first folder's first
+        lines += ["Commands:", "", *(f"- `{c}`" for c in commands), ""]
     fixed = fixed_overrides(rows)
     if fixed:
         lines += ["Every job: " + " ".join(f"`{k}={v}`" for k, v in fixed.items()), ""]
@@ -536,8 +584,10 @@ def _key_value(text: str) -> tuple:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="focalnet-report", description=__doc__.splitlines()[0])
-    parser.add_argument("sweep_dir", type=Path, help="sweep folder (e.g. a Hydra multirun folder)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the sweep folder)")
+    parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="sweep_dir",
+                        help="sweep folder (e.g. a Hydra multirun folder); more folders or single job folders join "
+                             "the table (e.g. baseline runs from another study); the first one's study block counts")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first sweep folder)")
     parser.add_argument("--baseline", action="append", type=_key_value, metavar="KEY=VALUE",
                         help="the row every other row is compared with, e.g. model.focal_levels=3 (repeat for more "
                              "keys; default: the `study.baseline` of the jobs' config)")
@@ -546,12 +596,19 @@ def main(argv=None) -> None:
     parser.add_argument("--wandb-project", default=None, help="default: the jobs' W&B project, else focalnet")
     parser.add_argument("--wandb-group", default=None, help="default: the jobs' W&B group (the sweep's)")
     args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        parser.exit(2, f"focalnet-report: no such folder: {args.sweep_dir}\n")
-    rows = collect(args.sweep_dir)
+    for folder in args.sweep_dirs:
+        if not folder.is_dir():
+            parser.exit(2, f"focalnet-report: no such folder: {folder}\n")
+    rows = collect(*args.sweep_dirs)
+    sweep_dir = args.sweep_dirs[0]
     if not rows:
-        parser.exit(2, f"focalnet-report: no summary.json or Hydra job folder under {args.sweep_dir}\n")
-    out = args.out or args.sweep_dir
+        folders = " ".join(map(str, args.sweep_dirs))
+        parser.exit(2, f"focalnet-report: no summary.json or Hydra job folder under {folders}\n")
+    twice = duplicates(rows)
+    if twice:
+        parser.exit(2, f"focalnet-report: two completed jobs ran the same setting and seed: {twice[0]} and {twice[1]}; "
+                       "give one of them\n")
+    out = args.out or sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     study = read_study(rows)
     if args.baseline:
@@ -559,7 +616,7 @@ def main(argv=None) -> None:
     keys = swept_keys(rows)
     configs = aggregate(rows)
     compare(configs, keys, study)
-    markdown = to_markdown(args.sweep_dir, rows, configs, study)
+    markdown = to_markdown(args.sweep_dirs, rows, configs, study)
     write_csv(out / "results.csv", rows)
     (out / "results.md").write_text(markdown)
     plots = plot(out, configs, keys, study["baseline"])
@@ -575,4 +632,4 @@ def main(argv=None) -> None:
         project = args.wandb_project or jobs_wandb.get("project") or "focalnet"
         # The jobs' mode (offline by default) unless WANDB_MODE says otherwise: by default nothing needs the network.
         mode = os.environ.get("WANDB_MODE") or jobs_wandb.get("mode") or "offline"
-        log_wandb(args.sweep_dir, rows, configs, plots, project, args.wandb_group or jobs_wandb.get("group"), mode)
+        log_wandb(sweep_dir, rows, configs, plots, project, args.wandb_group or jobs_wandb.get("group"), mode)
