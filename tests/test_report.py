@@ -264,8 +264,8 @@ def test_a_resumed_study_counts_the_time_its_jobs_ran_not_the_pause():
     # Two jobs side by side (0-20, 5-25), stopped; resumed at 40: job 0 ran 40-45, job 1 (done) and a third 40-50.
     rows = [{"parts": [part(0, 20), part(40, 45)]}, {"parts": [part(5, 25)]}, {"parts": [part(40, 50)]},
             {"status": "missing"}]
-    assert _wall_time(rows) == ("Wall time: 35.0 min with jobs running, in 2 stretches (the study was stopped and "
-                                "resumed); per job median 20.0 min (sum 55.0 min)")
+    assert _wall_time(rows) == ("Wall time: 35.0 min with jobs running, in 2 stretches (stopped and resumed, or "
+                                "runs joined from another sweep); per job median 20.0 min (sum 55.0 min)")
     assert _wall_time(rows[1:2]).startswith("Wall time: 20.0 min from the first job's start to the last one's end")
 
 

@@ -340,7 +340,8 @@ def _wall_time(rows: list[dict]) -> str | None:
     jobs = sorted(sum((end - start).total_seconds() for start, end in job) for job in parts if job)
     where = "from the first job's start to the last one's end"
     if len(stretches) > 1:
-        where = f"with jobs running, in {len(stretches)} stretches (the study was stopped and resumed)"
+        where = (f"with jobs running, in {len(stretches)} stretches "
+                 "(stopped and resumed, or runs joined from another sweep)")
     precisions = sorted({r["precision"] for r in rows if r.get("precision")})
     return (f"Wall time: {span / 60:.1f} min {where}; per job median "
             f"{statistics.median(jobs) / 60:.1f} min (sum {sum(jobs) / 60:.1f} min)"
