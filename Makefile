@@ -41,12 +41,12 @@ sweep: $(STAMP)  ## 12-job grid over the card's axes on digits, then its report 
 		trainer.max_epochs=4 hydra.sweep.dir=$$dir $(ARGS); \
 	status=$$?; $(BIN)/focalnet-report $$dir && exit $$status
 
-ablation: $(STAMP)  ## run a paper ablation and report into experiments/<STUDY>/<DATA>/: make ablation STUDY=depth DATA=fashion_mnist
+ablation: $(STAMP)  ## run a paper ablation and report into experiments/<STUDY>/<DATA>/: make ablation STUDY=depth DATA=fashion_mnist (JOIN=runs of another sweep the report joins, e.g. a baseline already run)
 	@test -f experiments/$(STUDY)/study.yaml || { echo "no study '$(STUDY)'; studies: $$(cd experiments && ls -d */ | tr -d /)"; exit 2; }
 	@test -f conf/ablation/$(DATA).yaml || { echo "no ablation data '$(DATA)'; choices: $$(cd conf/ablation && ls | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
 	@dir=outputs/ablation/$(STUDY)/$(DATA)/$$(date +%Y-%m-%d_%H-%M-%S); \
 	$(BIN)/focalnet-train -m --config-dir experiments/$(STUDY) --config-name study ablation=$(DATA) hydra.sweep.dir=$$dir $(ARGS); \
-	status=$$?; $(BIN)/focalnet-report $$dir --out experiments/$(STUDY)/$(DATA) && exit $$status
+	status=$$?; $(BIN)/focalnet-report $$dir $(JOIN) --out experiments/$(STUDY)/$(DATA) && exit $$status
 
 report: $(STAMP)  ## table and plots of a finished sweep: make report SWEEP=outputs/sweep/<time>
 	$(BIN)/focalnet-report $(SWEEP) $(ARGS)
