@@ -317,3 +317,17 @@ def test_baseline_runs_from_another_study_join_the_table(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1
     assert "same setting and seed" in err and str(again) in err and str(kernel / "0_model.focal_kernel-5+seed-0") in err
+
+
+def test_a_resumed_job_stays_in_its_row(study, tmp_path):
+    """resume=auto (left out of the job folder names) is how a job ran, not a setting: no column of its own."""
+    hydra = HYDRA_YAML + "  job:\n    config:\n      override_dirname:\n        exclude_keys: [resume, fail_fast]\n"
+    for job in study.iterdir():
+        (job / ".hydra" / "hydra.yaml").write_text(hydra)
+    job = next(study.glob("*_model.focal_levels-4+seed-2"))
+    summary = json.loads((job / "summary.json").read_text())
+    summary["overrides"]["resume"] = "auto"
+    (job / "summary.json").write_text(json.dumps(summary))
+    main([str(study), "--out", str(tmp_path / "report")])
+    rows = table((tmp_path / "report" / "results.md").read_text())
+    assert "resume" not in rows[4] and rows[4]["n"] == "3" and rows[4]["Δ top-1 (pts)"] == "+2.17"

@@ -94,14 +94,20 @@ def _composed(folder: Path, key: str):
 def collect(*sweep_dirs) -> list[dict]:
     """One dict per job folder under the given folders (sweep folders or single jobs), those of the first folder
     first. A job with a .hydra folder but no (readable) summary.json comes back with status "missing" and the reason
-    in "error". A key some jobs override and others do not (a baseline run in another study) gets the value the
-    others ran with from their composed config, so the same setting lands in the same row."""
+    in "error". Overrides the job folder names leave out (resume=auto, ...) are dropped. A key some jobs override
+    and others do not (a baseline run in another study) gets the value the others ran with from their composed
+    config, so the same setting lands in the same row."""
     rows, seen = [], set()
     for sweep_dir in sweep_dirs:
         for r in _collect(Path(sweep_dir)):
             if Path(r["run_dir"]).resolve() not in seen:
                 seen.add(Path(r["run_dir"]).resolve())
                 rows.append(r)
+    for r in rows:  # what the folder names leave out (resume=auto, ...) is how a job ran, not a setting
+        hydra = _load_yaml(Path(r["run_dir"]) / ".hydra" / "hydra.yaml").get("hydra") or {}
+        exclude = (((hydra.get("job") or {}).get("config") or {}).get("override_dirname") or {}).get("exclude_keys")
+        for k in exclude or ():
+            r["overrides"].pop(k, None)
     keys = {k: None for r in rows for k in r["overrides"]}
     for r in rows:
         for k in keys:
