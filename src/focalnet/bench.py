@@ -343,8 +343,10 @@ def print_table(results: list[dict], env: dict, console: Console) -> None:
     console.print(table)
     for r in results:
         if r.get("train_profile"):
-            prof = Table(title=f"one training step of {r['model']} {r['image_size']} px, batch {r['batch_size']}, "
-                         f"{r['precision']} {r['mode']}: operators by self time", title_justify="left")
+            title = (f"one training step of {r['model']} {r['image_size']} px, batch {r['batch_size']}, "
+                     f"{r['precision']} {r['mode']}: operators by self time")
+            # Rich wraps a title to the table's width, which short operator names make narrow.
+            prof = Table(title=title, title_justify="left", min_width=min(len(title), console.width))
             for col in ("operator", "self ms", "calls", "share"):
                 prof.add_column(col, justify="left" if col == "operator" else "right")
             for op in r["train_profile"]:
