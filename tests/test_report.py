@@ -331,3 +331,19 @@ def test_a_resumed_job_stays_in_its_row(study, tmp_path):
     main([str(study), "--out", str(tmp_path / "report")])
     rows = table((tmp_path / "report" / "results.md").read_text())
     assert "resume" not in rows[4] and rows[4]["n"] == "3" and rows[4]["Δ top-1 (pts)"] == "+2.17"
+
+
+def test_an_interrupted_job_is_counted_apart_from_the_failed(sweep, tmp_path):
+    """A job stopped by a signal resumes where it stopped; counting it as failed would send the user to debug it."""
+    write_job(sweep / "11", 11, {"model.focal_levels": 10, "model.focal_kernel": 3, "seed": 2}, status="interrupted",
+              error="interrupted by SIGTERM at epoch 6; resume=auto continues it", metrics={})
+    out = tmp_path / "report"
+    main([str(sweep), "--out", str(out)])
+    md = (out / "results.md").read_text()
+    assert "jobs: 12, completed: 8, failed: 3, interrupted: 1" in md
+    table = [line.split(" | ") for line in md.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [(r[0][2:], r[1], r[6], r[7].rstrip(" |")) for r in table] == [
+        ("2", "3", "2", "1"), ("2", "5", "2", "1"), ("10", "3", "2", "0"), ("10", "5", "2", "1")]
+    failed, interrupted = md.split("## Failed jobs")[1].split("## Interrupted jobs")
+    assert "job 11" not in failed and "- job 11 (`model.focal_levels=10,model.focal_kernel=3,seed=2`, interrupted): " \
+        "interrupted by SIGTERM at epoch 6; resume=auto continues it" in interrupted

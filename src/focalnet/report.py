@@ -31,6 +31,8 @@ import yaml
 from scipy import stats
 
 METRICS = ("test/acc_top1", "val/acc_top1")
+# Statuses that are not failures: an interrupted job resumes where it stopped (resume=auto, a SLURM requeue).
+NOT_FAILED = ("completed", "running", "interrupted")
 STATS = ("params", "flops", "train_images_per_s", "wall_time_s", "time_to_first_step_s")
 # What compare() adds to a configuration: its paired difference to the baseline (test top-1, percentage points).
 PAIRED = ("n_pairs", "delta", "ci_low", "ci_high", "boot_low", "boot_high", "half_width", "verdict")
@@ -228,7 +230,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
                         "images_per_s": statistics.fmean(speeds) if speeds else None,
                         "test_acc_mean": statistics.fmean(accs) if accs else None,
                         "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
-                        "n": len(done), "failed": sum(j["status"] not in ("completed", "running") for j in jobs),
+                        "n": len(done), "failed": sum(j["status"] not in NOT_FAILED for j in jobs),
                         "by_seed": {j.get("seed"): j["test/acc_top1"] for j in done if j["test/acc_top1"] is not None}})
     return configs
 
@@ -359,10 +361,11 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
     line, the Δ and paper columns and a note on how to read them."""
     keys = swept_keys(rows)
     study = study or {}
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("completed", "running")}
+    counts = {s: sum(r["status"] == s for r in rows) for s in NOT_FAILED}
     failed = [r for r in rows if r["status"] not in counts]
+    interrupted = [r for r in rows if r["status"] == "interrupted"]
     head = f"jobs: {len(rows)}, completed: {counts['completed']}, failed: {len(failed)}"
-    head += f", running: {counts['running']}" if counts["running"] else ""
+    head += "".join(f", {s}: {counts[s]}" for s in ("running", "interrupted") if counts[s])
     with_delta = any(c.get("is_baseline") for c in configs)
     with_paper = any(c.get("paper_top1") is not None for c in configs)
     cols = [*keys, "params", "FLOPs", "images/s", "test top-1 (%)", "n", "failed"]
@@ -404,9 +407,9 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
         lines.append("| " + " | ".join(cells) + " |")
     if with_delta or with_paper:
         lines += ["", _how_to_read(with_delta, study.get("paper") if with_paper else None)]
-    if failed:
-        lines += ["", "## Failed jobs", ""]
-        for r in failed:
+    for title, jobs in (("Failed jobs", failed), ("Interrupted jobs", interrupted)):
+        lines += ["", f"## {title}", ""] if jobs else []
+        for r in jobs:
             label = ",".join(f"{k}={v}" for k, v in r["overrides"].items())
             lines.append(f"- job {r['job_num']} (`{label}`, {r['status']}): {r['error']}")
     return "\n".join(lines) + "\n"
