@@ -79,13 +79,23 @@ def _missing_row(folder: Path, error: str) -> dict:
             **dict.fromkeys(STATS + METRICS), "error": error, "run_dir": str(folder)}
 
 
-def _composed(folder: Path, key: str):
+def _job_config(folder: Path) -> dict:
+    """What Hydra recorded of a job, read once: `hydra` (hydra.yaml's node) and `config` (the composed config);
+    empty where the job left none."""
+    hydra = _load_yaml(folder / ".hydra" / "hydra.yaml").get("hydra")
+    return {"hydra": hydra or {}, "config": _load_yaml(folder / ".hydra" / "config.yaml")}
+
+
+def _choices(job: dict) -> dict:
+    return (job["hydra"].get("runtime") or {}).get("choices") or {}
+
+
+def _composed(job: dict, key: str):
     """What a job ran with for an override key it was not given: its config group choice, else its config's value
     (None where the job left no composed config)."""
-    choices = _load_yaml(folder / ".hydra" / "hydra.yaml").get("hydra", {}).get("runtime", {}).get("choices", {})
-    if key in choices:
-        return choices[key]
-    node = _load_yaml(folder / ".hydra" / "config.yaml")
+    if key in _choices(job):
+        return _choices(job)[key]
+    node = job["config"]
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             return None
@@ -104,16 +114,16 @@ def collect(*sweep_dirs) -> list[dict]:
         for r in _collect(Path(sweep_dir)):
             if Path(r["run_dir"]).resolve() not in seen:
                 seen.add(Path(r["run_dir"]).resolve())
-                rows.append(r)
+                rows.append(r | {"job_config": _job_config(Path(r["run_dir"]))})
     for r in rows:  # what the folder names leave out (resume=auto, ...) is how a job ran, not a setting
-        hydra = _load_yaml(Path(r["run_dir"]) / ".hydra" / "hydra.yaml").get("hydra") or {}
+        hydra = r["job_config"]["hydra"]
         exclude = (((hydra.get("job") or {}).get("config") or {}).get("override_dirname") or {}).get("exclude_keys")
         for k in exclude or ():
             r["overrides"].pop(k, None)
     keys = {k: None for r in rows for k in r["overrides"]}
     for r in rows:
         for k in keys:
-            if k not in r["overrides"] and (value := _composed(Path(r["run_dir"]), k)) is not None:
+            if k not in r["overrides"] and (value := _composed(r["job_config"], k)) is not None:
                 r["overrides"][k] = _normalize(value)
     return rows
 
@@ -160,9 +170,10 @@ def fixed_overrides(rows: list[dict]) -> dict:
 
 def _load_yaml(path: Path) -> dict:
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _data_label(choice: str | None, data: dict) -> str:
@@ -175,7 +186,8 @@ def _data_label(choice: str | None, data: dict) -> str:
 
 
 def read_study(rows: list[dict]) -> dict:
-    """The sweep's `study:` block and the data its jobs ran on, from the jobs' composed configs (.hydra/).
+    """The sweep's `study:` block and the data its jobs ran on, from the jobs' composed configs (collect()'s
+    job_config).
 
     baseline: {key: value} of the row every other row is compared with; paper: {"key", "source", "top1": {value:
     top-1 %}} keyed by the values of the baseline's one key; both normalised like the jobs' overrides, so they
@@ -183,13 +195,11 @@ def read_study(rows: list[dict]) -> dict:
     """
     study, data = {}, {}
     for r in rows:
-        hydra_dir = Path(r["run_dir"]) / ".hydra"
-        config = _load_yaml(hydra_dir / "config.yaml")
+        config = r["job_config"]["config"]
         if not config:
             continue
         study = study or config.get("study") or {}
-        choices = _load_yaml(hydra_dir / "hydra.yaml").get("hydra", {}).get("runtime", {}).get("choices", {})
-        data[_data_label(choices.get("data"), config.get("data") or {})] = None
+        data[_data_label(_choices(r["job_config"]).get("data"), config.get("data") or {})] = None
     baseline = {k: _normalize(v) for k, v in (study.get("baseline") or {}).items()}
     paper = study.get("paper") or {}
     if paper.get("top1") and len(baseline) == 1:
@@ -572,7 +582,7 @@ def log_wandb(sweep_dir, rows, configs, plots, project: str, group: str | None, 
     run = wandb.init(project=project, group=group, job_type="report", dir=Path(sweep_dir).resolve(), mode=mode,
                      config={"sweep_dir": str(sweep_dir)})
     cols = [k for k in configs[0] if k != "by_seed"] if configs else []  # per-seed accuracies are in "jobs"
-    jobs = [{k: v for k, v in r.items() if k != "overrides"} | r["overrides"] for r in rows]
+    jobs = [{k: v for k, v in r.items() if k not in ("overrides", "job_config")} | r["overrides"] for r in rows]
     job_cols = list({k: None for j in jobs for k in j})
     run.log({"configs": wandb.Table(columns=cols, data=[[c[k] for k in cols] for c in configs]),
              "jobs": wandb.Table(columns=job_cols, data=[[str(j.get(k)) for k in job_cols] for j in jobs]),
