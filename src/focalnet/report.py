@@ -9,10 +9,11 @@ names them instead of running them again.
 Writes results.csv (one row per job), results.md (one row per configuration: jobs grouped by the overrides that
 differ between them, minus ``seed``; test top-1 as mean ± std over seeds), acc_vs_*.png and curves.png (validation
 top-1 per epoch, from the jobs' CSV-logger metrics.csv or their offline W&B runs). With a baseline (the `study:`
-block of the jobs' config, or --baseline) every other row also gets its difference to it, paired by seed, with
-95% intervals and a verdict; with the study's `paper:` numbers, the paper's top-1 and difference for the same
-setting. When the jobs logged to W&B (their summary.json says where), the table and plots go to one more run in the
-same project and group.
+block of the jobs' config, or --baseline) every other row also gets its difference to it, paired by seed, with the
+study's repeated confidence interval and verdict (focalnet.sequential: family-wise α over the rows) and forest.png;
+with the study's `paper:` numbers, the paper's top-1 and difference for the same setting. Runs whose precision or
+torch version differ are not paired: the report refuses them, naming both. When the jobs logged to W&B (their
+summary.json says where), the table and plots go to one more run in the same project and group.
 """
 
 from __future__ import annotations
@@ -26,17 +27,18 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
-from scipy import stats
+
+from focalnet.sequential import PENDING, Design, decide, seeds_to_decide
 
 METRICS = ("test/acc_top1", "val/acc_top1")
 # Statuses that are not failures: an interrupted job resumes where it stopped (resume=auto, a SLURM requeue).
 NOT_FAILED = ("completed", "running", "interrupted")
 STATS = ("params", "flops", "train_images_per_s", "wall_time_s", "time_to_first_step_s")
 # What compare() adds to a configuration: its paired difference to the baseline (test top-1, percentage points).
-PAIRED = ("n_pairs", "delta", "ci_low", "ci_high", "boot_low", "boot_high", "half_width", "verdict")
-BOOTSTRAP_RESAMPLES = 10_000
+PAIRED = ("n_pairs", "delta", "sd", "ci_low", "ci_high", "verdict", "why", "seeds_needed")
+# What results.csv records of each job beside its setting: enough to pair it again on another machine.
+RECORD = ("precision", "torch", "cpu", "recipe", "setting")
 
 
 def _normalize(value):
@@ -145,6 +147,7 @@ def _collect(root: Path) -> list[dict]:
                      **{k: metrics.get(k) for k in METRICS}, "error": s.get("error"), "run_dir": str(path.parent),
                      "wandb": s.get("wandb"), "argv": s.get("argv"), "started_at": s.get("started_at"),
                      "finished_at": s.get("finished_at"), "precision": s.get("precision"),
+                     "torch": (s.get("versions") or {}).get("torch"), "cpu": (s.get("machine") or {}).get("cpu"),
                      "parts": s.get("parts") or [{k: s.get(k) for k in ("started_at", "finished_at")}]})
     for hydra_dir in root.rglob(".hydra"):
         if hydra_dir.is_dir() and not (hydra_dir.parent / "summary.json").exists():
@@ -195,11 +198,12 @@ def read_study(rows: list[dict]) -> dict:
     """
     study, data = {}, {}
     for r in rows:
-        config = r["job_config"]["config"]
+        job = r.get("job_config") or {}  # none for a run results.csv recorded
+        config = job.get("config")
         if not config:
             continue
         study = study or config.get("study") or {}
-        data[_data_label(_choices(r["job_config"]).get("data"), config.get("data") or {})] = None
+        data[_data_label(_choices(job).get("data"), config.get("data") or {})] = None
     baseline = {k: _normalize(v) for k, v in (study.get("baseline") or {}).items()}
     paper = study.get("paper") or {}
     if paper.get("top1") and len(baseline) == 1:
@@ -207,7 +211,8 @@ def read_study(rows: list[dict]) -> dict:
                  "top1": {_normalize(k): float(v) for k, v in paper["top1"].items()}}
     else:
         paper = None
-    return {"baseline": baseline, "paper": paper, "data": ", ".join(data) or None}
+    design = {k: study[k] for k in ("alpha", "delta", "seeds_per_round", "max_seeds") if k in study}
+    return {"baseline": baseline, "paper": paper, "data": ", ".join(data) or None, **design}
 
 
 def duplicates(rows: list[dict]) -> tuple[str, str] | None:
@@ -222,11 +227,13 @@ def duplicates(rows: list[dict]) -> tuple[str, str] | None:
     return None
 
 
-def aggregate(rows: list[dict]) -> list[dict]:
-    """One dict per configuration (the jobs' overrides minus seed), sorted by the swept values.
-    test_acc_mean / test_acc_std are fractions; std is the sample std (None below two seeds)."""
-    keys = swept_keys(rows)
-    groups: dict[tuple, list[dict]] = {}
+def aggregate(rows: list[dict], keys: list[str] | None = None, settings: list[tuple] = ()) -> list[dict]:
+    """One dict per configuration (the jobs' overrides minus seed; `keys`: the swept ones; `settings`: value tuples
+    that get a row even without jobs), sorted by the swept values. test_acc_mean / test_acc_std are fractions; std
+    is the sample std (None below two seeds); by_seed maps each completed seed to its top-1, jobs_by_seed to its
+    job."""
+    keys = swept_keys(rows) if keys is None else keys
+    groups: dict[tuple, list[dict]] = {tuple(values): [] for values in settings}
     for r in rows:
         groups.setdefault(tuple(r["overrides"].get(k) for k in keys), []).append(r)
     configs = []
@@ -236,33 +243,47 @@ def aggregate(rows: list[dict]) -> list[dict]:
         speeds = [j["train_images_per_s"] for j in done if j["train_images_per_s"] is not None]
         # Size and cost don't depend on the seed; a failed job may still have measured them.
         params, flops = (next((j[k] for j in done + jobs if j[k] is not None), None) for k in ("params", "flops"))
+        scored = sorted((j for j in done if j["test/acc_top1"] is not None), key=lambda j: _sort_key(j.get("seed")))
         configs.append({**dict(zip(keys, values)), "params": params, "flops": flops,
                         "images_per_s": statistics.fmean(speeds) if speeds else None,
                         "test_acc_mean": statistics.fmean(accs) if accs else None,
                         "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
                         "n": len(done), "failed": sum(j["status"] not in NOT_FAILED for j in jobs),
-                        "by_seed": {j.get("seed"): j["test/acc_top1"] for j in done if j["test/acc_top1"] is not None}})
+                        "by_seed": {j.get("seed"): j["test/acc_top1"] for j in scored},
+                        "jobs_by_seed": {j.get("seed"): j for j in scored}})
     return configs
 
 
-def paired(diffs: list[float]) -> dict:
-    """The mean of paired differences, its 95% t-interval and half-width, a 95% percentile-bootstrap interval
-    (3 pairs or more) and the verdict the t-interval supports."""
-    n = len(diffs)
-    result = dict.fromkeys(PAIRED) | {"n_pairs": n, "delta": statistics.fmean(diffs) if n else None}
-    if n < 2:
-        return result | {"verdict": "n/a (1 seed)" if n else "n/a (no shared seeds)"}
-    d = np.asarray(diffs, dtype=float)
-    half = float(stats.t.ppf(0.975, n - 1) * stats.sem(d))  # t.interval itself gives nan when every pair agrees
-    result.update(ci_low=result["delta"] - half, ci_high=result["delta"] + half, half_width=half)
-    if n >= 3 and np.ptp(d) > 0:
-        # Seeded, so the same sweep always reports the same interval.
-        boot = stats.bootstrap((d,), np.mean, n_resamples=BOOTSTRAP_RESAMPLES, method="percentile", rng=0)
-        result["boot_low"], result["boot_high"] = (float(x) for x in boot.confidence_interval)
-    elif n >= 3:  # every pair the same difference: the bootstrap has nothing to resample
-        result["boot_low"] = result["boot_high"] = float(d[0])
-    verdict = "better" if result["ci_low"] > 0 else "worse" if result["ci_high"] < 0 else "within noise"
-    return result | {"verdict": verdict}
+def study_design(study: dict, rows: int) -> Design:
+    """The study's Design (focalnet.sequential): the one given, else the study block's alpha, delta,
+    seeds_per_round and max_seeds over `rows` rows."""
+    if isinstance(study.get("design"), Design):
+        return study["design"]
+    given = {k: study[k] for k in ("alpha", "delta", "seeds_per_round", "max_seeds") if study.get(k) is not None}
+    return Design(rows=max(rows, 1), **given)
+
+
+def paired(diffs: list[float], design: Design, stopped: str | None = None) -> dict:
+    """The mean of paired differences (points) with the study's repeated confidence interval and verdict at the
+    last look the pairs reach, and for an undecided row the pairs its observed mean and sd say would decide it."""
+    decision = decide(diffs, design, stopped)
+    result = dict.fromkeys(PAIRED) | {"n_pairs": decision.n, "delta": decision.delta, "sd": decision.sd,
+                                      "ci_low": decision.low, "ci_high": decision.high,
+                                      "verdict": decision.verdict, "why": decision.why or None}
+    if decision.verdict in (PENDING, "inconclusive") and decision.sd is not None:
+        result["seeds_needed"] = seeds_to_decide(decision.delta, decision.sd, design, decision.n)
+    if decision.n == 0:  # below the first look: the mean of what there is, without an interval
+        result["delta"] = statistics.fmean(diffs) if diffs else None
+        result["n_pairs"] = len(diffs)
+    return result
+
+
+def check_pairable(a: dict, b: dict) -> None:
+    """Runs compared seed against seed must have computed alike: the same precision and torch version."""
+    for what in ("precision", "torch"):
+        if a.get(what) and b.get(what) and a[what] != b[what]:
+            raise ValueError(f"cannot pair {a['run_dir']} ({what} {a[what]}) with {b['run_dir']} ({what} {b[what]}): "
+                             f"runs of different {what} do not compare; run both alike")
 
 
 def compare(configs: list[dict], keys: list[str], study: dict) -> None:
@@ -270,20 +291,27 @@ def compare(configs: list[dict], keys: list[str], study: dict) -> None:
     paired by seed; None on the baseline row and without a baseline), "paper_top1" and "paper_delta".
 
     A configuration's baseline is itself with the baseline's values put in: in a grid over more keys than the
-    baseline names, each row is compared with the baseline setting at the same other values.
+    baseline names, each row is compared with the baseline setting at the same other values. The design's α is
+    family-wise over the rows compared. ValueError when a pair's runs differ in precision or torch version.
     """
     baseline, paper = study.get("baseline") or {}, study.get("paper")
     index = {tuple(c[k] for k in keys): c for c in configs}
     usable = bool(baseline) and set(baseline) <= set(keys)
     paper_base = paper["top1"].get(baseline.get(paper["key"])) if paper else None
+    bases = {id(c): index.get(tuple(baseline.get(k, c[k]) for k in keys)) if usable else None for c in configs}
+    compared = [c for c in configs if bases[id(c)] not in (None, c)]
+    design = study_design(study, len(compared))
     for c in configs:
-        base = index.get(tuple(baseline.get(k, c[k]) for k in keys)) if usable else None
+        base = bases[id(c)]
         c["is_baseline"] = base is c
-        if base is None or base is c:
-            c.update(dict.fromkeys(PAIRED))
-        else:
-            c.update(paired([100 * (acc - base["by_seed"][s]) for s, acc in c["by_seed"].items()
-                             if s in base["by_seed"]]))
+        c.update(dict.fromkeys(PAIRED))
+        if c in compared:
+            seeds = [s for s in c["by_seed"] if s in base["by_seed"]]
+            for seed in seeds:
+                check_pairable(c["jobs_by_seed"][seed], base["jobs_by_seed"][seed])
+            c.update(paired([100 * (c["by_seed"][s] - base["by_seed"][s]) for s in seeds], design,
+                            study.get("stopped")))
+            c["seeds"] = seeds[: c["n_pairs"]] if c["n_pairs"] else seeds
         c["paper_top1"] = paper["top1"].get(c.get(paper["key"])) if paper else None
         c["paper_delta"] = None if c["paper_top1"] is None or paper_base is None else c["paper_top1"] - paper_base
 
@@ -312,26 +340,53 @@ def _interval(low, high) -> str:
     return "-" if low is None else f"[{_signed(low)}, {_signed(high)}]"
 
 
-def _delta_cells(c: dict) -> list[str]:
+def _seed_list(seeds) -> str:
+    """0,1,2,3 as "0-3"; gaps as "0-2, 5"."""
+    seeds, runs = sorted(seeds or []), []
+    for seed in seeds:
+        if runs and isinstance(seed, int) and seed == runs[-1][1] + 1:
+            runs[-1][1] = seed
+        else:
+            runs.append([seed, seed])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "-"
+
+
+def _verdict(c: dict, design: Design) -> str:
+    if c["verdict"] == PENDING:
+        return f"undecided at {c['n_pairs']} of {design.max_seeds} seeds"
+    if c["verdict"] == "inconclusive":
+        return f"inconclusive ({c['why']})" if c.get("why") else "inconclusive"
+    return c["verdict"] or "-"
+
+
+def _needed(c: dict) -> str:
+    if c["verdict"] not in (PENDING, "inconclusive") or c["sd"] is None:
+        return "-"
+    return "> 1000" if c["seeds_needed"] is None else f"≈ {c['seeds_needed']}"
+
+
+def _delta_cells(c: dict, design: Design) -> list[str]:
     if c["is_baseline"]:
         return ["baseline", "-", "-", "-", "-"]
-    half = "-" if c["half_width"] is None else f"±{c['half_width']:.2f}"
-    return [_signed(c["delta"]), _interval(c["ci_low"], c["ci_high"]), _interval(c["boot_low"], c["boot_high"]),
-            half, c["verdict"] or "-"]
+    return [_signed(c["delta"]), _interval(c["ci_low"], c["ci_high"]), _verdict(c, design), _seed_list(c.get("seeds")),
+            _needed(c)]
 
 
-def _how_to_read(with_delta: bool, paper: dict | None) -> str:
+def _how_to_read(with_delta: bool, paper: dict | None, design: Design | None = None) -> str:
     text = "**How to read.** "
-    if with_delta:
+    if with_delta and design is not None:
+        looks = ", ".join(f"{n} ({design.bound(n):.2f})" for n in design.looks)
         text += (
             "Δ is a row's test top-1 minus the baseline's in percentage points, paired by seed (seed s against seed "
-            "s; only seeds both have) and averaged over the pairs. 95% CI (t) is mean ± t(0.975, n-1)·sd/√n of those "
-            "paired differences; its half-width, *resolves ±*, is the smallest difference this many seeds can tell "
-            f"from seed-to-seed noise. The bootstrap CI (3 pairs or more; {BOOTSTRAP_RESAMPLES:,} seeded resamples "
-            "of the pairs, percentiles) checks the t-interval without assuming normality, but runs narrow with few "
-            "seeds. The verdict is *better* or *worse* when the whole t-interval lies above or below 0, else *within "
-            "noise*: this study could not tell the difference from seed noise, which is not proof that there is "
-            "none. ")
+            "s) and averaged over the pairs of the last look reached. *Interval* is a repeated confidence interval "
+            "(Jennison & Turnbull 1989; focalnet.sequential): mean ± c_n·sd/√n over the n pairs, where the looks "
+            f"n and their c_n are {looks}, each look's t-level a share of α/{design.rows} in proportion to n - 2. By "
+            f"the union bound over looks and rows, all intervals of the study hold at once with probability at least "
+            f"1 - α = {1 - design.alpha:.2f}, whenever the study stops: that is the guarantee, for normal paired "
+            "differences. Verdict: *better*/*worse* when the interval excludes 0, *equivalent* when it lies inside "
+            f"±δ = ±{design.delta:g} points, *inconclusive* when the cap ({design.max_seeds} seeds) or the budget came "
+            "first, *undecided* while more rounds are due. *Seeds to decide* is how many seeds in all the observed "
+            "mean and sd say would decide an undecided row (an estimate, not a promise). ")
     if paper:
         text += (f"The paper columns are {paper['source']}: ImageNet-1K with a far larger model and recipe, so "
                  "compare the direction of paper Δ with Δ, not the values.")
@@ -366,10 +421,12 @@ def _wall_time(rows: list[dict]) -> str | None:
             + (f"; precision {', '.join(precisions)}" if precisions else ""))
 
 
-def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | None = None) -> str:
+def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | None = None,
+                keys: list[str] | None = None, title: str | None = None, rounds: dict | None = None) -> str:
     """results.md; with compare()'s fields in the configurations and `study` (read_study()), the baseline and data
-    line, the Δ and paper columns and a note on how to read them."""
-    keys = swept_keys(rows)
+    line, the Δ and paper columns and a note on how to read them; with `rounds` (focalnet-study's state), the
+    design, budget and rounds."""
+    keys = swept_keys(rows) if keys is None else keys
     study = study or {}
     counts = {s: sum(r["status"] == s for r in rows) for s in NOT_FAILED}
     failed = [r for r in rows if r["status"] not in counts]
@@ -378,11 +435,12 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
     head += "".join(f", {s}: {counts[s]}" for s in ("running", "interrupted") if counts[s])
     with_delta = any(c.get("is_baseline") for c in configs)
     with_paper = any(c.get("paper_top1") is not None for c in configs)
+    design = study_design(study, sum(c.get("n_pairs") is not None for c in configs)) if with_delta else None
     cols = [*keys, "params", "FLOPs", "images/s", "test top-1 (%)", "n", "failed"]
-    cols += ["Δ top-1 (pts)", "95% CI (t)", "95% CI (bootstrap)", "resolves ± (pts)", "verdict"] if with_delta else []
+    cols += ["Δ top-1 (pts)", "interval (pts)", "verdict", "seeds", "seeds to decide"] if with_delta else []
     cols += ["paper top-1 (%)", "paper Δ (pts)"] if with_paper else []
     folders = sweep_dir if isinstance(sweep_dir, (list, tuple)) else [sweep_dir]
-    lines = ["# Sweep " + " + ".join(f"`{f}`" for f in folders), ""]
+    lines = [f"# {title}" if title else "# Sweep " + " + ".join(f"`{f}`" for f in folders), ""]
     commands = [c for c in dict.fromkeys(r.get("argv") for r in rows) if c]
     if len(commands) == 1:
         lines += [f"Command: `{commands[0]}`", ""]
@@ -391,13 +449,21 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
     fixed = fixed_overrides(rows)
     if fixed:
         lines += ["Every job: " + " ".join(f"`{k}={v}`" for k, v in fixed.items()), ""]
-    baseline = " ".join(f"`{k}={v}`" for k, v in (study.get("baseline") or {}).items())
+    baseline = " ".join(f"`{k}={_cell(v)}`" for k, v in (study.get("baseline") or {}).items())
     if baseline:
         lines += [f"Baseline: {baseline}" + ("" if with_delta else " (not among this sweep's rows: no Δ columns)")
                   + (f"; data: {study['data']}" if study.get("data") else ""), ""]
     elif study.get("data"):
         lines += [f"Data: {study['data']}", ""]
+    if design is not None:
+        lines += [f"Design: α = {design.alpha:g} family-wise over {design.rows} row(s), δ = ±{design.delta:g} points, "
+                  f"{design.seeds_per_round} seeds per round, cap {design.max_seeds} seeds"
+                  + (f", budget {rounds['budget_hours']:g} h ({rounds['spent_hours']:.2f} h spent)"
+                     if rounds and rounds.get("budget_hours") else ""), ""]
     lines += [head]
+    machines = _machines(rows)
+    if machines:
+        lines += ["", machines]
     span = _wall_time(rows)
     if span:
         lines += ["", span]
@@ -408,31 +474,79 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
     lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for c in configs:
         speed = "-" if c["images_per_s"] is None else f"{c['images_per_s']:.0f}"
-        cells = [*("-" if c[k] is None else str(c[k]) for k in keys), _human(c["params"]), _human(c["flops"]),
+        cells = [*("-" if c[k] is None else _cell(c[k]) for k in keys), _human(c["params"]), _human(c["flops"]),
                  speed, _acc(c), str(c["n"]), str(c["failed"])]
-        cells += _delta_cells(c) if with_delta else []
+        cells += _delta_cells(c, design) if with_delta else []
         if with_paper:
             top1 = "-" if c["paper_top1"] is None else f"{c['paper_top1']:.1f}"
             cells += [top1, _signed(c["paper_delta"], 1)]
         lines.append("| " + " | ".join(cells) + " |")
     if with_delta or with_paper:
-        lines += ["", _how_to_read(with_delta, study.get("paper") if with_paper else None)]
-    for title, jobs in (("Failed jobs", failed), ("Interrupted jobs", interrupted)):
-        lines += ["", f"## {title}", ""] if jobs else []
+        lines += ["", _how_to_read(with_delta, study.get("paper") if with_paper else None, design)]
+    if rounds and rounds.get("rounds"):
+        lines += ["", "## Rounds", "", "| round | started | values | seeds | wall time (min) | exit |",
+                  "|---|---|---|---|---|---|"]
+        for i, r in enumerate(rounds["rounds"], 1):
+            lines.append(f"| {i} | {r['started_at'][:16]} | {', '.join(map(_cell, r['values']))} | "
+                         f"{_seed_list(r['seeds'])} | {r['wall_time_s'] / 60:.1f} | {r['exit_code']} |")
+    for title_, jobs in (("Failed jobs", failed), ("Interrupted jobs", interrupted)):
+        lines += ["", f"## {title_}", ""] if jobs else []
         for r in jobs:
-            label = ",".join(f"{k}={v}" for k, v in r["overrides"].items())
+            label = ",".join(f"{k}={_cell(v)}" for k, v in r["overrides"].items())
             lines.append(f"- job {r['job_num']} (`{label}`, {r['status']}): {r['error']}")
     return "\n".join(lines) + "\n"
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    keys = swept_keys(rows)
-    cols = ["job_num", "status", *keys, "seed", *STATS, *METRICS, "error", "run_dir"]
+def _cell(value) -> str:
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+
+
+def _machines(rows: list[dict]) -> str | None:
+    """Which machines and versions made the completed runs: a row can say which machine made it."""
+    made = {}
+    for r in rows:
+        if r["status"] == "completed" and (r.get("cpu") or r.get("torch")):
+            key = (r.get("cpu") or "CPU not recorded", r.get("torch") or "?", r.get("precision") or "?")
+            made[key] = made.get(key, 0) + 1
+    if not made:
+        return None
+    return "Made on: " + "; ".join(f"{n} run(s) on {cpu}, torch {torch}, {precision}"
+                                   for (cpu, torch, precision), n in sorted(made.items()))
+
+
+def write_csv(path: Path, rows: list[dict], keys: list[str] | None = None) -> None:
+    """results.csv: one row per job, with what row_from_csv() needs to pair it again where its folder is not."""
+    keys = swept_keys(rows) if keys is None else keys
+    cols = ["job_num", "status", *keys, "seed", *STATS, *METRICS, *RECORD, "started_at", "finished_at", "error",
+            "run_dir"]
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, cols)
+        writer = csv.DictWriter(f, cols, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({**{k: v for k, v in r.items() if k in cols}, **{k: r["overrides"].get(k) for k in keys}})
+            writer.writerow({**r, **{k: _cell(r["overrides"].get(k)) for k in keys}})
+
+
+def row_from_csv(row: dict) -> dict:
+    """A job as results.csv recorded it, in collect()'s shape (overrides left to the caller)."""
+    def number(key):
+        text = row.get(key)
+        if text in (None, ""):
+            return None
+        return int(float(text)) if key in ("params", "flops") else float(text)
+
+    seed = row.get("seed")
+    return {"job_num": int(row["job_num"]) if (row.get("job_num") or "").isdigit() else None,
+            "status": row.get("status") or "missing", "overrides": {},
+            "seed": int(seed) if (seed or "").lstrip("-").isdigit() else seed or None,
+            **{k: number(k) for k in (*STATS, *METRICS)}, **{k: row.get(k) or None for k in RECORD},
+            "error": row.get("error") or None, "run_dir": row.get("run_dir"), "argv": None, "wandb": None,
+            "started_at": row.get("started_at") or None, "finished_at": row.get("finished_at") or None,
+            "parts": [{"started_at": row.get("started_at"), "finished_at": row.get("finished_at")}]}
+
+
+def one_line_text(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _pyplot():
@@ -451,7 +565,9 @@ def _save(fig, path: Path) -> Path:
 
 
 def plot(out: Path, configs: list[dict], keys: list[str], baseline: dict | None = None) -> list[Path]:
-    """acc_vs_<key>.png for each swept key (the baseline's tick marked) and acc_vs_flops.png (the baseline starred)."""
+    """acc_vs_<key>.png for each swept key: every seed's top-1 as a dot and the mean as a bar, the baseline's tick
+    marked, no lines between settings (they are categories, not a scale); acc_vs_flops.png only where the settings'
+    FLOPs all differ (equal FLOPs would stack at one x; a stale one is removed)."""
     import matplotlib.ticker
 
     plt = _pyplot()
@@ -459,54 +575,90 @@ def plot(out: Path, configs: list[dict], keys: list[str], baseline: dict | None 
     configs = [c for c in configs if c["test_acc_mean"] is not None]
     if not configs:
         return []
-
-    def pct(c, key):
-        return 100 * (c[key] or 0.0)
-
     paths = []
     for axis in keys:
-        # Categorical x positions keep any value type readable; one line per combination of the other axes.
         ticks = sorted({c[axis] for c in configs}, key=_sort_key)
         others = [k for k in keys if k != axis]
-        lines: dict[tuple, list[dict]] = {}
-        for c in configs:
-            lines.setdefault(tuple(c[k] for k in others), []).append(c)
+        groups = sorted({tuple(c[k] for k in others) for c in configs}, key=lambda g: [_sort_key(v) for v in g])
+        width = 0.6 / len(groups)
         fig, ax = plt.subplots(figsize=(6, 4))
-        for rest, cs in sorted(lines.items(), key=lambda kv: [_sort_key(v) for v in kv[0]]):
-            cs = sorted(cs, key=lambda c: _sort_key(c[axis]))
-            label = ", ".join(f"{k}={v}" for k, v in zip(others, rest)) or None
-            ax.errorbar([ticks.index(c[axis]) for c in cs], [pct(c, "test_acc_mean") for c in cs],
-                        yerr=[pct(c, "test_acc_std") for c in cs], marker="o", capsize=3, label=label)
-        labels = [f"{t}\n(baseline)" if axis in baseline and t == baseline[axis] else str(t) for t in ticks]
-        ax.set(xticks=range(len(ticks)), xticklabels=labels, xlabel=axis, ylabel="test top-1 (%), mean ± std",
-               title=f"Test top-1 against {axis}")
+        for g, rest in enumerate(groups):
+            cs = [c for c in configs if tuple(c[k] for k in others) == rest]
+            offset = (g - (len(groups) - 1) / 2) * width
+            label = ", ".join(f"{k}={_cell(v)}" for k, v in zip(others, rest)) or None
+            color = f"C{g}"
+            for c in cs:
+                x = ticks.index(c[axis]) + offset
+                accs = [100 * a for a in c["by_seed"].values()]
+                ax.plot([x] * len(accs), accs, "o", color=color, alpha=0.45, markersize=4)
+                ax.hlines(100 * c["test_acc_mean"], x - width / 2.5, x + width / 2.5, color=color, linewidth=2.5,
+                          label=label if c is cs[0] else None)
+        labels = [f"{_cell(t)}\n(baseline)" if axis in baseline and t == baseline[axis] else _cell(t) for t in ticks]
+        ax.set(xticks=range(len(ticks)), xticklabels=labels, xlabel=axis,
+               ylabel="test top-1 (%): seeds (dots), mean (bar)", title=f"Test top-1 against {axis}")
         if others:
             ax.legend(fontsize="small")
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, axis="y")
         safe = re.sub(r"[^\w.-]", "_", axis)
         paths.append(_save(fig, out / f"acc_vs_{safe}.png"))
     points = [c for c in configs if c["flops"]]
-    if points:
+    flops_path = out / "acc_vs_flops.png"
+    if len(points) > 1 and len({c["flops"] for c in points}) == len(points):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for is_base in (False, True):
-            cs = [c for c in points if bool(c.get("is_baseline")) == is_base]
-            ax.errorbar([c["flops"] for c in cs], [pct(c, "test_acc_mean") for c in cs],
-                        yerr=[pct(c, "test_acc_std") for c in cs], fmt="*" if is_base else "o", capsize=3,
-                        markersize=12 if is_base else 6, label="baseline" if is_base and cs else None)
         for c in points:
-            label = ", ".join(f"{k.rsplit('.', 1)[-1]}={c[k]}" for k in keys)
-            ax.annotate(label, (c["flops"], pct(c, "test_acc_mean")), fontsize=7, xytext=(3, 3),
+            base = bool(c.get("is_baseline"))
+            ax.plot(c["flops"], 100 * c["test_acc_mean"], "*" if base else "o", markersize=12 if base else 6,
+                    color="C1" if base else "C0", label="baseline" if base else None)
+            label = ", ".join(f"{k.rsplit('.', 1)[-1]}={_cell(c[k])}" for k in keys)
+            ax.annotate(label, (c["flops"], 100 * c["test_acc_mean"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         flops = [c["flops"] for c in points]
         if max(flops) / min(flops) > 10:
             ax.set_xscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter())
-        ax.set(xlabel="FLOPs (MACs)", ylabel="test top-1 (%), mean ± std", title="Test top-1 against FLOPs")
+        ax.set(xlabel="FLOPs (MACs)", ylabel="test top-1 (%), mean over seeds", title="Test top-1 against FLOPs")
         if any(c.get("is_baseline") for c in points):
             ax.legend(fontsize="small")
         ax.grid(alpha=0.3)
-        paths.append(_save(fig, out / "acc_vs_flops.png"))
+        paths.append(_save(fig, flops_path))
+    else:
+        flops_path.unlink(missing_ok=True)
     return paths
+
+
+def plot_forest(out: Path, configs: list[dict], keys: list[str], design: Design) -> Path | None:
+    """forest.png: each row's Δ against the baseline with its repeated confidence interval (the verdict's own
+    interval), 0 and the ±δ equivalence band marked; None without compared rows."""
+    rows = [c for c in configs if c.get("n_pairs") is not None and c.get("delta") is not None]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 0.8 + 0.55 * len(rows)))
+    ax.axvspan(-design.delta, design.delta, color="C2", alpha=0.12, label=f"±δ = ±{design.delta:g} (equivalent)")
+    ax.axvline(0, color="black", linewidth=1)
+    for y, c in enumerate(reversed(rows)):
+        color = {"better": "C0", "worse": "C3", "equivalent": "C2"}.get(c["verdict"], "0.4")
+        if c["ci_low"] is not None:
+            ax.plot([c["ci_low"], c["ci_high"]], [y, y], color=color, linewidth=2.5)
+        ax.plot(c["delta"], y, "o", color=color, markersize=7)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([", ".join(f"{k.rsplit('.', 1)[-1]}={_cell(c[k])}" for k in keys)
+                        + f"\n{_verdict(c, design)}, n={c['n_pairs']}" for c in reversed(rows)], fontsize=8)
+    ax.set(xlabel="Δ test top-1 vs baseline (points), repeated confidence interval",
+           title=f"Paired differences, α = {design.alpha:g} family-wise over {design.rows} row(s)")
+    ax.legend(fontsize="small", loc="best")
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, out / "forest.png")
+
+
+def write_plots(out: Path, rows: list[dict], configs: list[dict], keys: list[str], study: dict) -> list[Path]:
+    """Every figure of a report: acc_vs_*.png, forest.png (with a baseline) and curves.png (where curves were
+    logged)."""
+    paths = plot(out, configs, keys, study.get("baseline"))
+    compared = sum(c.get("n_pairs") is not None for c in configs)
+    forest = plot_forest(out, configs, keys, study_design(study, compared)) if compared else None
+    curves = plot_curves(out, rows, configs, keys)
+    return paths + [p for p in (forest, curves) if p]
 
 
 def learning_curve(run_dir) -> dict[int, float]:
@@ -635,15 +787,16 @@ def main(argv=None) -> None:
         study["baseline"] = dict(args.baseline)
     keys = swept_keys(rows)
     configs = aggregate(rows)
-    compare(configs, keys, study)
+    try:
+        compare(configs, keys, study)
+    except ValueError as error:
+        parser.exit(2, f"focalnet-report: {one_line_text(error)}\n")
     markdown = to_markdown(args.sweep_dirs, rows, configs, study)
     write_csv(out / "results.csv", rows)
     (out / "results.md").write_text(markdown)
-    plots = plot(out, configs, keys, study["baseline"])
-    curves = plot_curves(out, rows, configs, keys)
-    plots += [curves] if curves else []
+    plots = write_plots(out, rows, configs, keys, study)
     print(markdown, end="")
-    if not curves:
+    if not any(p.name == "curves.png" for p in plots):
         print("focalnet-report: no curves.png: no job logged validation top-1 per epoch (CSV or offline W&B)",
               file=sys.stderr)
     jobs_wandb = next((r["wandb"] for r in rows if r.get("wandb")), None)  # what train.py recorded

@@ -132,6 +132,31 @@ def versions() -> dict[str, str]:
     return found
 
 
+def machine() -> dict[str, Any]:
+    """What made a run's numbers: the CPU (its model name, with family and model numbers where the name is generic,
+    as "AMD EPYC" is for Zen 3 and Zen 4 alike), its widest vector instructions, whether it computes bf16 natively
+    (what precision=auto follows), and the GPUs' name and count (none: null and 0)."""
+    import torch
+
+    from focalnet.precision import BF16_CPU_FLAGS, cpu_flags
+
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    cpu = info.get("model name") or info.get("Model") or platform.processor() or platform.machine()
+    if "cpu family" in info and "model" in info:
+        cpu += f" (family {info['cpu family']}, model {info['model']})"
+    flags = cpu_flags()
+    isa = next((f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2", "asimd") if f in flags), None)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {"cpu": cpu, "cpu_isa": isa, "cpu_native_bf16": bool(flags & set(BF16_CPU_FLAGS)),
+            "gpu": torch.cuda.get_device_name(0) if gpus else None, "gpu_count": gpus}
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """Hydra task overrides ("model.focal_levels=2", "data=cifar10") as {key: value}, values parsed by Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

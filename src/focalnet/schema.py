@@ -81,6 +81,9 @@ class Model(Group):
     gate_act: Literal["none", "sigmoid"] = UNSET
     use_global_context: bool = UNSET
     normalize_modulator: bool = UNSET
+    interaction: Literal["multiply", "add"] = UNSET
+    context: Literal["all_levels", "top_level"] = UNSET
+    use_gates: bool = UNSET
     use_layerscale: bool = UNSET
     layerscale_value: Positive = UNSET
     use_postln: bool = UNSET

@@ -23,7 +23,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from focalnet import schema
-from focalnet.runinfo import FAILED, git_info, job_info, now, one_line, versions, write_json
+from focalnet.runinfo import FAILED, git_info, job_info, machine, now, one_line, versions, write_json
 from focalnet.sweeps import apply_resume, job_lock
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,8 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
     rank_zero = rank_zero_only.rank == 0
     summary: dict[str, Any] = {"status": "running", "error": None, "task": cfg.get("task_name"), **info}
     summary["seed"] = cfg.get("seed")
-    summary.update(git=git_info(run_dir=run_dir if rank_zero else None), versions=versions(), started_at=now(),
-                   finished_at=None)
+    summary.update(git=git_info(run_dir=run_dir if rank_zero else None), versions=versions(), machine=machine(),
+                   started_at=now(), finished_at=None)
     # A run that continues an interrupted one in this folder (resume=auto, a SLURM requeue) keeps its history: each
     # part's start, end, wall time and how it stopped; the run's wall time is the sum.
     parts = earlier_parts(run_dir, cfg.get("ckpt_path"))

@@ -42,6 +42,10 @@ __all__ = [
 ]
 
 GATE_ACTS = ("none", "sigmoid")
+INTERACTIONS = ("multiply", "add")
+CONTEXTS = ("all_levels", "top_level")
+# The modulation of the paper and of every checkpoint format; the Table 13 variants change one of these.
+PAPER_MODULATION = {"interaction": "multiply", "context": "all_levels", "use_gates": True}
 
 
 class DropPath(nn.Module):
@@ -68,6 +72,12 @@ class FocalModulation(nn.Module):
     the output of level l-1, so the receptive field grows with every level. The global context is GELU of the
     spatial mean of the last level (of the projected context itself when focal_level=0). Gates are the raw outputs
     of `f` (gate_act="none", the paper's code) or passed through a sigmoid (gate_act="sigmoid", the design card).
+
+    The paper's Table 13 variants, each off by default (the official formula above):
+    interaction="add" gives q + h(...) in place of q * h(...); use_gates=False sums the levels and the global
+    context with weight 1 each (`f` then has no gate outputs); context="top_level" makes the modulator h(ctx_L),
+    the last level's context alone: no sum over levels, no global context, no gates. The paper gives no code for
+    them; these are our reading of its Section 4.3.
     """
 
     def __init__(
@@ -82,16 +92,25 @@ class FocalModulation(nn.Module):
         normalize_modulator: bool = False,
         use_global_context: bool = True,
         gate_act: str = "none",
+        interaction: str = "multiply",
+        context: str = "all_levels",
+        use_gates: bool = True,
         fast: bool = True,
     ):
         super().__init__()
         self.dim = dim
         self.fast = fast
         self.focal_level = focal_level
-        self.use_global_context = use_global_context
-        self.num_gates = focal_level + int(use_global_context)
+        self.top_level = context == "top_level"
+        self.use_global_context = use_global_context and not self.top_level
+        self.use_gates = use_gates and not self.top_level
+        # The context terms the modulator sums: the levels (the top one alone with context="top_level") and the
+        # global context; each has a gate unless use_gates=False.
+        self.num_terms = 1 if self.top_level else focal_level + int(self.use_global_context)
+        self.num_gates = self.num_terms if self.use_gates else 0
         self.normalize_modulator = normalize_modulator
         self.gate_act = gate_act
+        self.additive = interaction == "add"
         self.kernel_sizes = [focal_factor * k + focal_window for k in range(focal_level)]
 
         self.f = Dense(dim, 2 * dim + self.num_gates, bias=bias, fast=fast)
@@ -116,7 +135,7 @@ class FocalModulation(nn.Module):
         modulator = self.h(self._context(ctx, gates)) if self.fast else self._modulator_reference(ctx, gates)
         if self.store_modulator:
             self.gates, self.modulator = gates, modulator
-        out = q * modulator
+        out = q + modulator if self.additive else q * modulator
         if self.ln is not None:
             out = self.ln(out)
         return self.proj_drop(self.proj(out))
@@ -136,13 +155,14 @@ class FocalModulation(nn.Module):
                 # the sum's channels-last one and not the reverse: the gradient then stays channels-last, and
                 # this level's GELU and 5x5 conv backward run 3-4x faster than on an NCHW gradient.
                 ctx_global = F.gelu(ctx.mean((2, 3), keepdim=True))
-            gate = g[:, level : level + 1]
-            ctx_all = ctx * gate if ctx_all is None else torch.addcmul(ctx_all, ctx, gate)
+            if not self.top_level:
+                ctx_all = _gated_add(ctx_all, ctx, g[:, level : level + 1] if self.use_gates else None)
+        if self.top_level:
+            ctx_all = ctx
         if ctx_global is not None:
-            gate = g[:, self.focal_level :]
-            ctx_all = ctx_global * gate if ctx_all is None else torch.addcmul(ctx_all, ctx_global, gate)
+            ctx_all = _gated_add(ctx_all, ctx_global, g[:, self.focal_level :] if self.use_gates else None)
         if self.normalize_modulator:
-            ctx_all = ctx_all / self.num_gates
+            ctx_all = ctx_all / self.num_terms
         return ctx_all.permute(0, 2, 3, 1)
 
     def _modulator_reference(self, ctx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
@@ -150,23 +170,39 @@ class FocalModulation(nn.Module):
         global context after the sum, h as a 1x1 conv. `fast=False` runs it, to check and time the fast path."""
         ctx = ctx.permute(0, 3, 1, 2).contiguous()
         g = gates.permute(0, 3, 1, 2).contiguous()
+        ones = torch.ones_like(ctx[:, :1]).expand(-1, self.num_terms, -1, -1)
+        g = g if self.use_gates else ones
         ctx_all = 0
         for level, layer in enumerate(self.focal_layers):
             ctx = layer(ctx)
-            ctx_all = ctx_all + ctx * g[:, level : level + 1]
+            if not self.top_level:
+                ctx_all = ctx_all + ctx * g[:, level : level + 1]
+        if self.top_level:
+            ctx_all = ctx
         if self.use_global_context:
             ctx_global = F.gelu(ctx.mean(2, keepdim=True).mean(3, keepdim=True))
             ctx_all = ctx_all + ctx_global * g[:, self.focal_level :]
         if self.normalize_modulator:
-            ctx_all = ctx_all / self.num_gates
+            ctx_all = ctx_all / self.num_terms
         modulator = F.conv2d(ctx_all, self.h.weight[:, :, None, None], self.h.bias)
         return modulator.permute(0, 2, 3, 1)
 
     def extra_repr(self) -> str:
+        variants = "".join(
+            f", {name}" for name, on in (("additive", self.additive), ("top_level", self.top_level),
+                                         ("no gates", not self.use_gates and not self.top_level)) if on
+        )
         return (
             f"dim={self.dim}, kernel_sizes={self.kernel_sizes}, global_context={self.use_global_context}, "
-            f"gate_act={self.gate_act}"
+            f"gate_act={self.gate_act}{variants}"
         )
+
+
+def _gated_add(total: torch.Tensor | None, term: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """total + term * gate (gate None: weight 1), fused where it can be; total None starts the sum."""
+    if gate is None:
+        return term if total is None else total + term
+    return term * gate if total is None else torch.addcmul(total, term, gate)
 
 
 def _depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
@@ -384,6 +420,10 @@ class FocalNet(nn.Module):
         use_conv_embed: overlapped (convolutional) patch embedding in the stem and downsampling layers.
         use_global_context: add the gated global (mean-pooled) context level.
         gate_act: "none" (raw gates, the paper's code) or "sigmoid" (the design card's sketch).
+        interaction: "multiply" (q * h(context), the paper) or "add" (q + h(context), Table 13's additive variant).
+        context: "all_levels" (the gated sum of every level and the global context, the paper) or "top_level"
+            (h of the last level's context alone, Table 13's "top level only").
+        use_gates: False sums the context terms with weight 1 each (Table 13's "no gating").
         weight_init: "official" (convs keep PyTorch's default) or "timm" (trunc-normal 0.02 on convs too).
         fast: True (default) runs the fast path: the modulator channels-last with fused gated sums, patch
             embeddings as a Linear over patches, depthwise kernels without the taps that only meet padding.
@@ -413,6 +453,9 @@ class FocalNet(nn.Module):
         use_conv_embed: bool = False,
         use_global_context: bool = True,
         gate_act: str = "none",
+        interaction: str = "multiply",
+        context: str = "all_levels",
+        use_gates: bool = True,
         weight_init: str = "official",
         fast: bool = True,
     ):
@@ -453,6 +496,12 @@ class FocalNet(nn.Module):
             raise ValueError(f"image_size={image_size} is not divisible by {what}")
         if gate_act not in GATE_ACTS:
             raise ValueError(f"gate_act={gate_act!r} is not one of {GATE_ACTS}")
+        if interaction not in INTERACTIONS:
+            raise ValueError(f"interaction={interaction!r} is not one of {INTERACTIONS}")
+        if context not in CONTEXTS:
+            raise ValueError(f"context={context!r} is not one of {CONTEXTS}")
+        if context == "top_level" and 0 in levels:
+            raise ValueError("context='top_level' with focal_levels=0: there is no top level to take the context from")
         if weight_init not in ("official", "timm"):
             raise ValueError(f"weight_init={weight_init!r} is not one of ('official', 'timm')")
         if not 0.0 <= drop_path_rate < 1.0:
@@ -487,6 +536,9 @@ class FocalNet(nn.Module):
                     normalize_modulator=normalize_modulator,
                     use_global_context=use_global_context,
                     gate_act=gate_act,
+                    interaction=interaction,
+                    context=context,
+                    use_gates=use_gates,
                     fast=fast,
                 )
             )
@@ -769,9 +821,13 @@ def export_state_dict(model: FocalNet, fmt: str) -> dict[str, torch.Tensor]:
 def _check_exportable(model: FocalNet, fmt: str) -> None:
     """A one-line error for what the other library's FocalNet cannot express."""
     a = model.arch
+    why = None
+    changed = [f"{k}={a.get(k, v)!r}" for k, v in PAPER_MODULATION.items() if a.get(k, v) != v]
+    if changed:
+        raise ValueError(f"format={fmt} cannot hold this model: {', '.join(changed)} (a Table 13 ablation variant; "
+                         "every format holds the paper's modulation only)")
     if fmt == "official":
         return
-    why = None
     if a["gate_act"] != "none" or not a["use_global_context"]:
         why = f"gate_act={a['gate_act']!r}, use_global_context={a['use_global_context']} (it has raw gates and always "
         why += "the global context)"
