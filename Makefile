@@ -11,7 +11,7 @@ SWEEP  ?=
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint sweep ablation report bench clean
+.PHONY: help install train test lint sweep ablation report bench device-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,18 +41,20 @@ sweep: $(STAMP)  ## 12-job grid over the card's axes on digits, then its report 
 		trainer.max_epochs=4 hydra.sweep.dir=$$dir $(ARGS); \
 	status=$$?; $(BIN)/focalnet-report $$dir && exit $$status
 
-ablation: $(STAMP)  ## run a paper ablation and report into experiments/<STUDY>/<DATA>/: make ablation STUDY=depth DATA=fashion_mnist (JOIN=runs of another sweep the report joins, e.g. a baseline already run)
-	@test -f experiments/$(STUDY)/study.yaml || { echo "no study '$(STUDY)'; studies: $$(cd experiments && ls -d */ | tr -d /)"; exit 2; }
-	@test -f conf/ablation/$(DATA).yaml || { echo "no ablation data '$(DATA)'; choices: $$(cd conf/ablation && ls | sed 's/.yaml//' | tr '\n' ' ')"; exit 2; }
-	@dir=outputs/ablation/$(STUDY)/$(DATA)/$$(date +%Y-%m-%d_%H-%M-%S); \
-	$(BIN)/focalnet-train -m --config-dir experiments/$(STUDY) --config-name study ablation=$(DATA) hydra.sweep.dir=$$dir $(ARGS); \
-	status=$$?; $(BIN)/focalnet-report $$dir $(JOIN) --out experiments/$(STUDY)/$(DATA) && exit $$status
+# A study runs in rounds of seeds until each row is decided (README "Studies"); the same command resumes it, here or
+# on another machine (the committed experiments/<STUDY>/<DATA>/results.csv records every run).
+ablation: $(STAMP)  ## run a study until every row is decided; report in experiments/<STUDY>/<DATA>/: make ablation STUDY=depth DATA=fashion_mnist (ARGS: more overrides, or --dry-run to see the next round)
+	$(BIN)/focalnet-study $(STUDY) --data $(DATA) $(ARGS)
 
 report: $(STAMP)  ## table and plots of a finished sweep: make report SWEEP=outputs/sweep/<time>
 	$(BIN)/focalnet-report $(SWEEP) $(ARGS)
 
 bench: $(STAMP)  ## training/inference throughput, FLOP/s and fraction of matmul peak
 	$(BIN)/focalnet-bench $(ARGS)
+
+# On a machine without a CUDA GPU it says so in one line and succeeds. OUT=folder (default outputs/device-check).
+device-check: $(STAMP)  ## the GPU checks: pytest -m gpu, a 2-epoch GPU training run, bench fp32/bf16 eager/compile, the timm ratio (scripts/device-check.sh)
+	bash scripts/device-check.sh $(OUT)
 
 clean:  ## remove the venv, run outputs and caches
 	rm -rf $(VENV) outputs multirun .pytest_cache .ruff_cache build dist

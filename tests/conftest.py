@@ -15,6 +15,20 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BIN = Path(sys.executable).parent
+NO_GPU = "needs a CUDA GPU: none here (make device-check runs the GPU tests where one is)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` (tests/test_gpu.py) skip with one reason where torch sees no CUDA GPU."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import torch  # here, not at the top: only a run that collected a GPU test pays for it
+
+    if torch.cuda.is_available():
+        return
+    for item in gpu_tests:
+        item.add_marker(pytest.mark.skip(reason=NO_GPU))
 
 
 def run_cli(app: str, *overrides: str, cwd: Path, timeout: float = 300, env: dict | None = None

@@ -382,6 +382,23 @@ def test_precision_auto_follows_the_hardware(flags, accelerator, cuda_bf16, expe
     assert precision.resolve_precision("16-mixed", accelerator) == "16-mixed"  # an explicit choice stays
 
 
+def test_the_switch_makes_auto_resolve_as_told(monkeypatch):
+    """FOCALNET_PRECISION_AUTO: the bf16 path of a bf16 host on any CPU (and fp32 on a bf16 host); never an explicit
+    choice; a bad value fails in one line naming it."""
+    from focalnet import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    monkeypatch.setenv("FOCALNET_PRECISION_AUTO", "bf16-mixed")
+    assert precision.resolve_precision("auto", "cpu") == "bf16-mixed"
+    assert precision.resolve_precision("32-true", "cpu") == "32-true"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    monkeypatch.setenv("FOCALNET_PRECISION_AUTO", "32-true")
+    assert precision.resolve_precision("auto", "cpu") == "32-true"
+    monkeypatch.setenv("FOCALNET_PRECISION_AUTO", "bf17")
+    with pytest.raises(ValueError, match="^FOCALNET_PRECISION_AUTO='bf17' must be one of 32-true, bf16-mixed"):
+        precision.resolve_precision("auto", "cpu")
+
+
 @pytest.mark.parametrize("kernel, padding", [(5, (2, 2)), (7, (3, 3)), (5, (1, 2))])
 def test_cpu_depthwise_weight_gradient_is_exact(kernel, padding):
     from focalnet.models.focalnet import _DepthwiseConvCPU

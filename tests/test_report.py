@@ -4,6 +4,7 @@ import statistics
 
 import matplotlib.image
 import pytest
+from scipy import stats
 
 from focalnet.report import aggregate, collect, compare, learning_curve, main
 
@@ -119,10 +120,12 @@ def test_wandb_offline(folder, request, monkeypatch):
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
 
 
-# A study over model.focal_levels with baseline 3, by seed. Differences (points) against the baseline: 4 is better by
-# [2, 2.5, 2], 2 straddles 0 with [1, -1, 0.5], 1 is worse by [-5, -4, -6], 0 ran seed 0 only.
-STUDY_ACCS = {3: [0.90, 0.91, 0.92], 4: [0.92, 0.935, 0.94], 2: [0.91, 0.90, 0.925], 1: [0.85, 0.87, 0.86], 0: [0.80]}
-T_975_2 = 4.302653  # t quantile for 95% two-sided with 3 pairs
+# A study over model.focal_levels with baseline 3, 10 seeds. Differences (points) against the baseline: 4 is better
+# by about 2, 2 is within ±0.1, 1 is worse by about 5, 5 scatters ±1.5 around 0 (undecided at the cap), 0 ran seed 0.
+BASE = [0.90, 0.91, 0.92, 0.905, 0.915, 0.90, 0.91, 0.92, 0.905, 0.915]
+DIFFS = {4: [2, 2.5, 2, 1.5, 2, 2.5, 2, 1.5, 2, 2], 2: [0.1, -0.1, 0.05, 0, -0.05, 0.1, -0.1, 0, 0.05, -0.05],
+         1: [-5, -4, -6, -5, -5.5, -4.5, -5, -5, -6, -4], 5: [1.5, -1.5, 2, -1, 0.5, -2, 1, 0, -0.5, 1.2]}
+STUDY_ACCS = {3: BASE, **{lv: [b + d / 100 for b, d in zip(BASE, diffs)] for lv, diffs in DIFFS.items()}, 0: [0.80]}
 
 
 HYDRA_YAML = "hydra:\n  runtime:\n    choices:\n      data: fashion_mnist\n"
@@ -179,9 +182,13 @@ def table(md):
     return {int(r[0]): dict(zip(lines[0], r)) for r in lines[1:]}
 
 
-def t_interval(diffs):
-    mean, half = statistics.mean(diffs), T_975_2 * statistics.stdev(diffs) / len(diffs) ** 0.5
-    return mean, half
+def by_hand(diffs, rows):
+    """The repeated confidence interval at the last look, computed from its definition: 10 pairs, the look's
+    t-level 8/20 of 0.05/rows (looks at 3, 6, 9, 10 weighted 1, 4, 7, 8), 9 degrees of freedom."""
+    n = len(diffs)
+    c = stats.t.ppf(1 - 0.05 / rows * 8 / 20 / 2, n - 1)
+    mean, half = statistics.mean(diffs), c * statistics.stdev(diffs) / n**0.5
+    return mean, mean - half, mean + half
 
 
 def test_study_report(study, tmp_path):
@@ -191,31 +198,58 @@ def test_study_report(study, tmp_path):
     rows = table(md)
     assert "Baseline: `model.focal_levels=3`; data: Fashion-MNIST (seeded 60k/10k split)" in md
     assert "**How to read.**" in md and "Table 14 (FocalNet-T LRF, ImageNet-1K top-1)" in md
+    assert "Design: α = 0.05 family-wise over 5 row(s), δ = ±0.5 points, 3 seeds per round, cap 10 seeds" in md
+    assert "repeated confidence interval" in md and "bootstrap" not in md
 
     assert rows[3]["Δ top-1 (pts)"] == "baseline" and rows[3]["verdict"] == "-"
-    for level, verdict in ((4, "better"), (2, "within noise"), (1, "worse")):
+    for level, verdict in ((4, "better"), (2, "equivalent"), (1, "worse"), (5, "inconclusive (cap)")):
         diffs = [100 * (a - b) for a, b in zip(STUDY_ACCS[level], STUDY_ACCS[3])]
-        mean, half = t_interval(diffs)
+        mean, low, high = by_hand(diffs, rows=5)
         r = rows[level]
         assert r["Δ top-1 (pts)"] == f"{mean:+.2f}"
-        assert r["95% CI (t)"] == f"[{mean - half:+.2f}, {mean + half:+.2f}]"
-        assert r["resolves ± (pts)"] == f"±{half:.2f}"
-        assert r["verdict"] == verdict
-    # By hand: 4 is better by 2.17 ± 0.72 points, the interval [1.45, 2.88] lies above 0.
-    assert (rows[4]["Δ top-1 (pts)"], rows[4]["95% CI (t)"]) == ("+2.17", "[+1.45, +2.88]")
-    # Resampling [2, 2.5, 2]: a mean of 2.5 (all three draws 2.5) has probability 1/27 > 2.5%, 2.0 has 8/27.
-    assert rows[4]["95% CI (bootstrap)"] == "[+2.00, +2.50]"
-    assert rows[1]["95% CI (t)"] == "[-7.48, -2.52]"  # -5 ± 4.302653 * 1 / sqrt(3)
-    assert rows[0]["Δ top-1 (pts)"] == "-10.00" and rows[0]["verdict"] == "n/a (1 seed)"
-    assert rows[0]["95% CI (t)"] == rows[0]["95% CI (bootstrap)"] == rows[0]["resolves ± (pts)"] == "-"
+        assert r["interval (pts)"] == f"[{low:+.2f}, {high:+.2f}]"
+        assert (r["verdict"], r["seeds"]) == (verdict, "0-9")
+    # By hand: 4 is better by 2.00 points, sd 1/3, c = 3.83 (t quantile 1 - 0.002/2, 9 df), half-width
+    # 3.83 / 3 / sqrt(10) = 0.40.
+    assert (rows[4]["Δ top-1 (pts)"], rows[4]["interval (pts)"]) == ("+2.00", "[+1.60, +2.40]")
+    assert rows[5]["seeds to decide"].startswith("≈ ") and int(rows[5]["seeds to decide"][2:]) > 10
+    assert rows[0]["Δ top-1 (pts)"] == "-10.00" and rows[0]["verdict"] == "undecided at 1 of 10 seeds"
+    assert rows[0]["interval (pts)"] == "-"
 
     assert {lv: (r["paper top-1 (%)"], r["paper Δ (pts)"]) for lv, r in rows.items()} == {
-        0: ("75.7", "-6.6"), 1: ("82.0", "-0.3"), 2: ("82.1", "-0.2"), 3: ("82.3", "+0.0"), 4: ("-", "-")}
+        0: ("75.7", "-6.6"), 1: ("82.0", "-0.3"), 2: ("82.1", "-0.2"), 3: ("82.3", "+0.0"), 4: ("-", "-"),
+        5: ("-", "-")}
 
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == sum(len(a) for a in STUDY_ACCS.values())  # still one row per job
-    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert matplotlib.image.imread(out / "curves.png").size > 0
+    for name in ("curves.png", "forest.png", "acc_vs_model.focal_levels.png", "acc_vs_flops.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert matplotlib.image.imread(out / name).size > 0
+
+
+def test_runs_of_different_precision_are_not_paired(study, tmp_path, capsys):
+    job = next(study.glob("*_model.focal_levels-4+seed-2"))
+    summary = json.loads((job / "summary.json").read_text())
+    (job / "summary.json").write_text(json.dumps(summary | {"precision": "bf16-mixed"}))
+    base = next(study.glob("*_model.focal_levels-3+seed-2"))
+    summary = json.loads((base / "summary.json").read_text())
+    (base / "summary.json").write_text(json.dumps(summary | {"precision": "32-true"}))
+    with pytest.raises(SystemExit) as e:
+        main([str(study), "--out", str(tmp_path / "report")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert str(job) in err and str(base) in err and "bf16-mixed" in err and "32-true" in err
+
+
+def test_equal_flops_make_no_flops_plot(study, tmp_path):
+    """Settings of equal FLOPs would stack at one x: no acc_vs_flops.png (and a stale one goes)."""
+    for summary_path in study.glob("*/summary.json"):
+        summary_path.write_text(json.dumps(json.loads(summary_path.read_text()) | {"flops": 10**6}))
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "acc_vs_flops.png").write_bytes(b"stale")
+    main([str(study), "--out", str(out)])
+    assert not (out / "acc_vs_flops.png").exists() and (out / "forest.png").exists()
 
 
 def test_baseline_flag_overrides_study(study, tmp_path):
@@ -224,7 +258,7 @@ def test_baseline_flag_overrides_study(study, tmp_path):
     md = (out / "results.md").read_text()
     rows = table(md)
     assert "Baseline: `model.focal_levels=4`" in md and rows[4]["Δ top-1 (pts)"] == "baseline"
-    assert (rows[3]["Δ top-1 (pts)"], rows[3]["verdict"]) == ("-2.17", "worse")
+    assert (rows[3]["Δ top-1 (pts)"], rows[3]["verdict"]) == ("-2.00", "worse")
     assert rows[3]["paper Δ (pts)"] == "-"  # the paper has no number for the new baseline
     with pytest.raises(SystemExit):
         main([str(study), "--baseline", "model.focal_levels=3,4"])
@@ -251,7 +285,8 @@ def test_grid_baseline_pairs_within_other_keys():
     compare(configs, ["a", "b"], {"baseline": {"a": 1}})
     by = {(c["a"], c["b"]): c for c in configs}
     assert by[1, 1]["is_baseline"] and by[1, 2]["is_baseline"]
-    assert by[2, 2]["delta"] == pytest.approx(10) and by[2, 2]["half_width"] == pytest.approx(0, abs=1e-9)
+    assert by[2, 2]["delta"] == pytest.approx(10)
+    assert by[2, 2]["ci_high"] - by[2, 2]["ci_low"] == pytest.approx(0, abs=1e-9)  # every pair differs by 10
     assert by[2, 2]["verdict"] == "better"
 
 
@@ -297,8 +332,9 @@ def test_baseline_runs_from_another_study_join_the_table(tmp_path, capsys):
     md = (out / "results.md").read_text()
     rows = table(md)
     assert set(rows) == {3, 5} and rows[3]["Δ top-1 (pts)"] == "baseline" and rows[3]["n"] == "3"
-    mean, half = t_interval([1, 2, 0])
-    assert rows[5]["Δ top-1 (pts)"] == f"{mean:+.2f}" and rows[5]["resolves ± (pts)"] == f"±{half:.2f}"
+    # 3 pairs [1, 2, 0], one row: the first look's bound, t quantile at 1 - 0.05 * 1/20 / 2 with 2 df.
+    half = stats.t.ppf(1 - 0.05 / 20 / 2, 2) / 3**0.5
+    assert rows[5]["Δ top-1 (pts)"] == "+1.00" and rows[5]["interval (pts)"] == f"[{1 - half:+.2f}, {1 + half:+.2f}]"
     assert "Baseline: `model.focal_kernel=3`" in md and "Every job: `model.num_layers=4`" in md
     assert "- `train kernel`" in md and "- `train depth`" in md
     with open(out / "results.csv") as f:
@@ -308,7 +344,7 @@ def test_baseline_runs_from_another_study_join_the_table(tmp_path, capsys):
     main([str(kernel), str(depth), baseline_runs[0], "--out", str(out)])  # a job given twice counts once
     lines = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
     assert lines[0].startswith("| model.focal_kernel | model.num_layers |") and len(lines) == 1 + 3
-    assert any(line.startswith("| 5 | 4 |") and f"| {mean:+.2f} |" in line for line in lines)
+    assert any(line.startswith("| 5 | 4 |") and "| +1.00 |" in line for line in lines)
 
     again = job(tmp_path / "kernel_again", 0, {"model.focal_kernel": 5, "seed": 0}, 0.9, "{model.focal_kernel: 3}")
     capsys.readouterr()
@@ -330,7 +366,7 @@ def test_a_resumed_job_stays_in_its_row(study, tmp_path):
     (job / "summary.json").write_text(json.dumps(summary))
     main([str(study), "--out", str(tmp_path / "report")])
     rows = table((tmp_path / "report" / "results.md").read_text())
-    assert "resume" not in rows[4] and rows[4]["n"] == "3" and rows[4]["Δ top-1 (pts)"] == "+2.17"
+    assert "resume" not in rows[4] and rows[4]["n"] == "10" and rows[4]["Δ top-1 (pts)"] == "+2.00"
 
 
 def test_an_interrupted_job_is_counted_apart_from_the_failed(sweep, tmp_path):

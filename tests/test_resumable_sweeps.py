@@ -160,18 +160,26 @@ def test_parallel_jobs(tmp_path):
 def test_each_parallel_worker_gets_its_own_gpus(tmp_path, monkeypatch):
     import fcntl
 
+    import torch
+
     from focalnet import sweeps
 
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     monkeypatch.setattr(sweeps, "_claimed", [])
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    sweeps.PinDevices().on_job_start(config)  # no GPU here: nothing to pin
-    assert "CUDA_VISIBLE_DEVICES" not in os.environ and not sweeps._claimed
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    sweeps.PinDevices().on_job_start(config)
+    if gpus < 2:  # no GPU, or one: fewer than two groups to share out, nothing to pin
+        assert "CUDA_VISIBLE_DEVICES" not in os.environ and not sweeps._claimed
+    else:  # the first worker takes the first group of one GPU; released here for the simulation below
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0" and sweeps._claimed[1] == "0"
+        sweeps._claimed[0].close()
+        monkeypatch.setattr(sweeps, "_claimed", [])
 
     # 4 GPUs in groups of 2; another worker process holds the first group's lock, so this one takes the second, and
     # keeps it for its next jobs (CUDA reads the variable once per process).
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    (tmp_path / ".gpu_locks").mkdir()
+    (tmp_path / ".gpu_locks").mkdir(exist_ok=True)
     with open(tmp_path / ".gpu_locks" / "0.lock", "w") as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         sweeps.PinDevices(gpus_per_job=2).on_job_start(config)

@@ -99,6 +99,7 @@ def test_ddp_sweep_jobs(ddp_sweep_run):
         assert wandb_run_has(job, run_group="sweep", display_name=s["override_string"], job_type="train")
 
 
+@pytest.mark.precision
 def test_ddp_metrics_are_synced(ddp_sweep):
     """Each rank tested one batch of 64; the logged test metrics are those of all 128 images, i.e. what one process
     gets from the same checkpoint on the first two batches."""
@@ -111,8 +112,9 @@ def test_ddp_metrics_are_synced(ddp_sweep):
     cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
     model = instantiate(cfg.model, _convert_="all")
     module = ClassificationModule.load_from_checkpoint(summary["best_ckpt"], model=model, map_location="cpu")
+    # Like with like: the precision the sweep ran in (precision=auto is bf16-mixed on a CPU with native bf16).
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, limit_test_batches=2, enable_progress_bar=False,
-                        enable_model_summary=False)
+                        enable_model_summary=False, precision=summary["precision"])
     (metrics,) = trainer.test(module, datamodule=instantiate(cfg.data, _convert_="all"), verbose=False)
     assert summary["metrics"]["test/acc_top1"] == pytest.approx(metrics["test/acc_top1"], abs=1e-6)
     assert summary["metrics"]["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
@@ -180,7 +182,7 @@ def test_studies_compose():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     assert {p.name for p in STUDIES} == {"focal_levels", "focal_kernel", "depth", "gate_act", "global_context",
-                                         "normalize_modulator", "conv_embed"}
+                                         "normalize_modulator", "conv_embed", "interaction", "context", "gates"}
     for study in STUDIES:
         cfg = compose_cfg(name="study", directory=study)
         params = dict(cfg.hydra.sweeper.params)

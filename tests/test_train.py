@@ -100,6 +100,7 @@ def wandb_records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
 
 
+@pytest.mark.precision
 def test_training_learns_and_records_the_run(trained_run):
     summary = read_summary(trained_run)
     assert summary["status"] == "completed" and summary["error"] is None
@@ -116,6 +117,12 @@ def test_training_learns_and_records_the_run(trained_run):
 
     assert summary["precision"] == resolve_precision("auto", "cpu") in ("32-true", "bf16-mixed")
     assert json.loads((trained_run / "summary.json").read_text())["precision"] == summary["precision"]
+    # Where the numbers were made: the CPU, whether it has bf16 in hardware, the GPUs.
+    machine = summary["machine"]
+    assert machine["cpu"] and isinstance(machine["cpu_native_bf16"], bool) and machine["gpu_count"] >= 0
+    from focalnet.precision import BF16_CPU_FLAGS, cpu_flags
+
+    assert machine["cpu_native_bf16"] == bool(cpu_flags() & set(BF16_CPU_FLAGS))
     assert (trained_run / ".hydra" / "config.yaml").is_file()
     assert {p.name for p in (trained_run / "checkpoints").glob("*.ckpt")} == {
         "epoch000.ckpt",
@@ -159,6 +166,7 @@ def test_report_reads_the_learning_curve_back_from_the_offline_wandb_run(trained
     assert sorted(expected) == [0, 1, 2] and learning_curve(trained_run) == pytest.approx(expected)
 
 
+@pytest.mark.precision
 def test_eval_reproduces_the_test_accuracy(trained_run, tmp_path):
     summary = read_summary(trained_run)
     result = run_cli(

@@ -3,10 +3,12 @@
 Measured (README, Speed): on a Zen 5 EPYC (AVX512-BF16) bf16 autocast made the 224 px training step 2.3x and the
 default digits run 1.5x faster; on a Zen 3 EPYC (AVX2, no bf16 instructions) oneDNN emulates bf16 and the same
 GEMMs run 8x slower than in fp32. So the choice follows the instruction set, not the library's support.
+FOCALNET_PRECISION_AUTO fixes what `auto` becomes, for tests of the bf16 path on any CPU and for users who want it.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -35,11 +37,23 @@ def native_bf16(device_type: str) -> bool:
     return False
 
 
+# What `auto` resolves to where this is set, whatever the hardware: FOCALNET_PRECISION_AUTO=bf16-mixed runs the bf16
+# path of a bf16 host on any CPU (emulated, about 8x slower, on AVX2), as the tests of that path do in CI;
+# =32-true keeps fp32 on a bf16 host.
+AUTO_ENV = "FOCALNET_PRECISION_AUTO"
+AUTO_CHOICES = ("32-true", "bf16-mixed", "16-mixed")
+
+
 def resolve_precision(precision, accelerator: str = "auto") -> str:
-    """Lightning's precision for `precision`; "auto" becomes bf16-mixed on native-bf16 hardware, else 32-true.
-    Other values pass through: Lightning checks them."""
+    """Lightning's precision for `precision`; "auto" becomes bf16-mixed on native-bf16 hardware, else 32-true
+    (or what FOCALNET_PRECISION_AUTO says). Other values pass through: Lightning checks them."""
     if precision != "auto":
         return precision
+    forced = os.environ.get(AUTO_ENV)
+    if forced:
+        if forced not in AUTO_CHOICES:
+            raise ValueError(f"{AUTO_ENV}={forced!r} must be one of {', '.join(AUTO_CHOICES)} (or unset)")
+        return forced
     if accelerator == "auto":
         accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     return "bf16-mixed" if native_bf16(accelerator) else "32-true"

@@ -220,7 +220,7 @@ def duplicates(rows: list[dict]) -> tuple[str, str] | None:
     keys, seen = swept_keys(rows), {}
     for r in rows:
         if r["status"] == "completed":
-            key = (tuple(r["overrides"].get(k) for k in keys), r.get("seed"))
+            key = (tuple(r["overrides"].get(k) for k in keys), r.get("seed"), r.get("cpu"))
             if key in seen:
                 return seen[key], r["run_dir"]
             seen[key] = r["run_dir"]
@@ -230,8 +230,8 @@ def duplicates(rows: list[dict]) -> tuple[str, str] | None:
 def aggregate(rows: list[dict], keys: list[str] | None = None, settings: list[tuple] = ()) -> list[dict]:
     """One dict per configuration (the jobs' overrides minus seed; `keys`: the swept ones; `settings`: value tuples
     that get a row even without jobs), sorted by the swept values. test_acc_mean / test_acc_std are fractions; std
-    is the sample std (None below two seeds); by_seed maps each completed seed to its top-1, jobs_by_seed to its
-    job."""
+    is the sample std (None below two seeds); by_seed maps each completed seed to its top-1 (the first run of it),
+    jobs_by_seed to all its runs (one per machine, where a seed ran on several)."""
     keys = swept_keys(rows) if keys is None else keys
     groups: dict[tuple, list[dict]] = {tuple(values): [] for values in settings}
     for r in rows:
@@ -249,9 +249,16 @@ def aggregate(rows: list[dict], keys: list[str] | None = None, settings: list[tu
                         "test_acc_mean": statistics.fmean(accs) if accs else None,
                         "test_acc_std": statistics.stdev(accs) if len(accs) > 1 else None,
                         "n": len(done), "failed": sum(j["status"] not in NOT_FAILED for j in jobs),
-                        "by_seed": {j.get("seed"): j["test/acc_top1"] for j in scored},
-                        "jobs_by_seed": {j.get("seed"): j for j in scored}})
+                        "by_seed": {s: js[0]["test/acc_top1"] for s, js in _by_seed(scored).items()},
+                        "jobs_by_seed": _by_seed(scored)})
     return configs
+
+
+def _by_seed(jobs: list[dict]) -> dict:
+    found: dict = {}
+    for j in jobs:
+        found.setdefault(j.get("seed"), []).append(j)
+    return found
 
 
 def study_design(study: dict, rows: int) -> Design:
@@ -286,6 +293,25 @@ def check_pairable(a: dict, b: dict) -> None:
                              f"runs of different {what} do not compare; run both alike")
 
 
+def same_machine(a: dict, b: dict) -> bool:
+    """Whether two runs were made on the same kind of CPU (unrecorded: assumed so). fp32 results differ between
+    CPUs by about seed noise (other vector kernels and GEMM choices): a pair is made on one machine."""
+    return not a.get("cpu") or not b.get("cpu") or a["cpu"] == b["cpu"]
+
+
+def pairs(row: dict, base: dict) -> list[tuple]:
+    """(seed, row's top-1, baseline's top-1) for each seed both have on the same machine, in seed order."""
+    found = []
+    for seed, jobs in row["jobs_by_seed"].items():
+        for job in jobs:
+            match = [b for b in base["jobs_by_seed"].get(seed, []) if same_machine(job, b)]
+            if match:
+                check_pairable(job, match[0])
+                found.append((seed, job["test/acc_top1"], match[0]["test/acc_top1"]))
+                break
+    return found
+
+
 def compare(configs: list[dict], keys: list[str], study: dict) -> None:
     """Adds to each configuration "is_baseline", the PAIRED fields (test top-1 minus the baseline's, in points,
     paired by seed; None on the baseline row and without a baseline), "paper_top1" and "paper_delta".
@@ -304,13 +330,11 @@ def compare(configs: list[dict], keys: list[str], study: dict) -> None:
     for c in configs:
         base = bases[id(c)]
         c["is_baseline"] = base is c
-        c.update(dict.fromkeys(PAIRED))
+        c.update(dict.fromkeys(PAIRED), seeds=None)
         if c in compared:
-            seeds = [s for s in c["by_seed"] if s in base["by_seed"]]
-            for seed in seeds:
-                check_pairable(c["jobs_by_seed"][seed], base["jobs_by_seed"][seed])
-            c.update(paired([100 * (c["by_seed"][s] - base["by_seed"][s]) for s in seeds], design,
-                            study.get("stopped")))
+            matched = pairs(c, base)
+            seeds = [s for s, _, _ in matched]
+            c.update(paired([100 * (a - b) for _, a, b in matched], design, study.get("stopped")))
             c["seeds"] = seeds[: c["n_pairs"]] if c["n_pairs"] else seeds
         c["paper_top1"] = paper["top1"].get(c.get(paper["key"])) if paper else None
         c["paper_delta"] = None if c["paper_top1"] is None or paper_base is None else c["paper_top1"] - paper_base
@@ -589,7 +613,7 @@ def plot(out: Path, configs: list[dict], keys: list[str], baseline: dict | None 
             color = f"C{g}"
             for c in cs:
                 x = ticks.index(c[axis]) + offset
-                accs = [100 * a for a in c["by_seed"].values()]
+                accs = [100 * j["test/acc_top1"] for js in c["jobs_by_seed"].values() for j in js]
                 ax.plot([x] * len(accs), accs, "o", color=color, alpha=0.45, markersize=4)
                 ax.hlines(100 * c["test_acc_mean"], x - width / 2.5, x + width / 2.5, color=color, linewidth=2.5,
                           label=label if c is cs[0] else None)
@@ -733,7 +757,8 @@ def log_wandb(sweep_dir, rows, configs, plots, project: str, group: str | None, 
     # wandb's service process, shared by every run of this process, resolves a relative dir against its own cwd.
     run = wandb.init(project=project, group=group, job_type="report", dir=Path(sweep_dir).resolve(), mode=mode,
                      config={"sweep_dir": str(sweep_dir)})
-    cols = [k for k in configs[0] if k != "by_seed"] if configs else []  # per-seed accuracies are in "jobs"
+    # Per-seed accuracies are in "jobs".
+    cols = [k for k in configs[0] if k not in ("by_seed", "jobs_by_seed")] if configs else []
     jobs = [{k: v for k, v in r.items() if k not in ("overrides", "job_config")} | r["overrides"] for r in rows]
     job_cols = list({k: None for j in jobs for k in j})
     run.log({"configs": wandb.Table(columns=cols, data=[[c[k] for k in cols] for c in configs]),

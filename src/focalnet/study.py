@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from focalnet import report
-from focalnet.runinfo import now, write_json
+from focalnet.runinfo import machine, now, write_json
 from focalnet.sequential import PENDING, Design
 
 # What does not change the numbers a run computes: its seed (the rounds' own axis), where it writes, how it logs and
@@ -163,6 +163,13 @@ def load_spec(name: str, data: str, overrides: list[str] | None = None, experime
         precision = resolve_precision(c.trainer.precision, c.trainer.accelerator)
         return recipe(OmegaConf.to_container(c, resolve=False), precision)
 
+    from focalnet import schema
+
+    checked = cfg.copy()
+    OmegaConf.update(checked, "paths.output_dir", ".", force_add=True)  # a job's own folder: none outside a job
+    for group in schema.SCHEMA:  # a bad override fails here, in one line, before any job starts
+        if checked.get(group) is not None:
+            schema.check(group, OmegaConf.to_container(checked[group], resolve=True))
     reference = flat(cfg)
     settings = {v: setting(flat(compose(folder, [*base, f"{key}={_hydra_value(v)}"])), reference) for v in values}
     paper = report.read_study([{"job_config": {"config": {"study": study}, "hydra": {}}}])["paper"]
@@ -227,16 +234,16 @@ def recorded_runs(spec: Spec) -> list[dict]:
 
 
 def runs(spec: Spec) -> list[dict]:
-    """The study's runs: local ones first, then the recorded ones of any (setting, seed) not run here; one per
-    (setting, seed), the first found."""
+    """The study's runs: local ones first, then the recorded ones; one per (setting, seed, machine), the first
+    found."""
     chosen, seen = [], set()
     for r in local_runs(spec) + recorded_runs(spec):
-        value = r["overrides"][spec.key]
+        key = (r["overrides"][spec.key], r["seed"], r.get("cpu"))
         if r["status"] == "completed":
-            if (value, r["seed"]) in seen:
+            if key in seen:
                 continue
-            seen.add((value, r["seed"]))
-        elif r["study"] != spec.name or (value, r["seed"]) in seen:
+            seen.add(key)
+        elif r["study"] != spec.name or key in seen:
             continue
         chosen.append(r)
     # A job that failed or was interrupted and then completed in the same folder is one row: the completed one.
@@ -247,21 +254,29 @@ def runs(spec: Spec) -> list[dict]:
 # --- rounds -------------------------------------------------------------------------------------------------------
 
 
-def needed(spec: Spec, rows: list[dict], decisions: dict) -> dict[tuple[int, ...], list]:
-    """The next round: {seeds: values} for every undecided row (its next look's seeds it lacks) and the baseline
-    (the seeds those rows need that it lacks). Empty when no row is pending."""
-    have: dict[Any, set] = {v: set() for v in spec.values}
+def needed(spec: Spec, rows: list[dict], decisions: dict, here: str | None) -> dict[tuple[int, ...], list]:
+    """The next round: {seeds: values} for every undecided row and the baseline. A row needs each seed up to its
+    next look paired like with like: its run and the baseline's made on the same machine. What is missing is run on
+    this one (`here`, its CPU): the baseline's run of a seed the row has here, the row's of a seed the baseline has
+    here, both where neither has it here. Empty when no row is pending."""
+    have: dict[Any, dict] = {v: {} for v in spec.values}
     for r in rows:
         if r["status"] == "completed" and r.get("test/acc_top1") is not None:
-            have[r["overrides"][spec.key]].add(r["seed"])
-    wanted: dict[Any, set] = {}
+            have[r["overrides"][spec.key]].setdefault(r["seed"], set()).add(r.get("cpu"))
+    wanted: dict[Any, set] = {v: set() for v in spec.values}
+    base = have[spec.baseline]
     for value, decision in decisions.items():
         if decision["verdict"] != PENDING:
             continue
         target = spec.design.next_look(decision["n_pairs"] or 0) or spec.design.max_seeds
-        seeds = set(range(target))
-        wanted[value] = seeds - have[value]
-        wanted[spec.baseline] = wanted.get(spec.baseline, set()) | (seeds - have[spec.baseline])
+        for seed in range(target):
+            mine, theirs = have[value].get(seed, set()), base.get(seed, set())
+            if mine & theirs or (None in mine and theirs) or (mine and None in theirs):
+                continue  # a pair made on one machine (an unrecorded machine pairs with any)
+            if here not in mine:
+                wanted[value].add(seed)
+            if here not in theirs:
+                wanted[spec.baseline].add(seed)
     groups: dict[tuple[int, ...], list] = {}
     for value in spec.values:
         if wanted.get(value):
@@ -305,7 +320,7 @@ def run(spec: Spec, dry_run: bool = False, max_rounds: int | None = None) -> int
         rows = runs(spec)
         over_budget = spec.budget_hours is not None and spent_hours(state) >= spec.budget_hours
         decisions = write_report(spec, rows, "budget" if over_budget else None, state)
-        plan = needed(spec, rows, decisions)
+        plan = needed(spec, rows, decisions, machine()["cpu"])
         write_json(spec.out / "rounds.json", state)
         if not plan or over_budget or (max_rounds is not None and rounds >= max_rounds):
             why = "budget spent" if over_budget and plan else "every row decided" if not plan else "rounds given"
