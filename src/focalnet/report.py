@@ -41,14 +41,14 @@ PAIRED = ("n_pairs", "delta", "sd", "ci_low", "ci_high", "verdict", "why", "seed
 RECORD = ("precision", "torch", "cpu", "recipe", "setting")
 
 
-def _normalize(value):
+def normalize(value):
     # Group keys must be hashable and comparable; numbers stay numbers so they sort numerically.
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return value
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _sort_key(value):
+def sort_key(value):
     if value is None:
         return (0, 0, "")
     if isinstance(value, (int, float)):
@@ -74,14 +74,14 @@ def _hydra_overrides(folder: Path) -> dict:
 
 
 def _missing_row(folder: Path, error: str) -> dict:
-    overrides = {k: _normalize(v) for k, v in _hydra_overrides(folder).items()}
+    overrides = {k: normalize(v) for k, v in _hydra_overrides(folder).items()}
     number = folder.name.split("_", 1)[0]  # job folders are <number>_<overrides>
     job_num = int(number) if number.isdigit() else None
     return {"job_num": job_num, "status": "missing", "overrides": overrides, "seed": overrides.get("seed"),
             **dict.fromkeys(STATS + METRICS), "error": error, "run_dir": str(folder)}
 
 
-def _job_config(folder: Path) -> dict:
+def job_config_of(folder: Path) -> dict:
     """What Hydra recorded of a job, read once: `hydra` (hydra.yaml's node) and `config` (the composed config);
     empty where the job left none."""
     hydra = _load_yaml(folder / ".hydra" / "hydra.yaml").get("hydra")
@@ -113,10 +113,10 @@ def collect(*sweep_dirs) -> list[dict]:
     config, so the same setting lands in the same row."""
     rows, seen = [], set()
     for sweep_dir in sweep_dirs:
-        for r in _collect(Path(sweep_dir)):
+        for r in collect_folder(Path(sweep_dir)):
             if Path(r["run_dir"]).resolve() not in seen:
                 seen.add(Path(r["run_dir"]).resolve())
-                rows.append(r | {"job_config": _job_config(Path(r["run_dir"]))})
+                rows.append(r | {"job_config": job_config_of(Path(r["run_dir"]))})
     for r in rows:  # what the folder names leave out (resume=auto, ...) is how a job ran, not a setting
         hydra = r["job_config"]["hydra"]
         exclude = (((hydra.get("job") or {}).get("config") or {}).get("override_dirname") or {}).get("exclude_keys")
@@ -126,11 +126,11 @@ def collect(*sweep_dirs) -> list[dict]:
     for r in rows:
         for k in keys:
             if k not in r["overrides"] and (value := _composed(r["job_config"], k)) is not None:
-                r["overrides"][k] = _normalize(value)
+                r["overrides"][k] = normalize(value)
     return rows
 
 
-def _collect(root: Path) -> list[dict]:
+def collect_folder(root: Path) -> list[dict]:
     rows = []
     for path in root.rglob("summary.json"):
         try:
@@ -140,7 +140,7 @@ def _collect(root: Path) -> list[dict]:
         except (OSError, ValueError) as e:
             rows.append(_missing_row(path.parent, f"corrupt {path}: {str(e).splitlines()[0]}"))
             continue
-        overrides = {k: _normalize(v) for k, v in (s.get("overrides") or {}).items()}
+        overrides = {k: normalize(v) for k, v in (s.get("overrides") or {}).items()}
         metrics = s.get("metrics") or {}
         rows.append({"job_num": s.get("job_num"), "status": s.get("status", "missing"), "overrides": overrides,
                      "seed": s.get("seed", overrides.get("seed")), **{k: s.get(k) for k in STATS},
@@ -152,7 +152,7 @@ def _collect(root: Path) -> list[dict]:
     for hydra_dir in root.rglob(".hydra"):
         if hydra_dir.is_dir() and not (hydra_dir.parent / "summary.json").exists():
             rows.append(_missing_row(hydra_dir.parent, f"no summary.json in {hydra_dir.parent}"))
-    rows.sort(key=lambda r: (str(Path(r["run_dir"]).parent), _sort_key(r["job_num"]), r["run_dir"]))
+    rows.sort(key=lambda r: (str(Path(r["run_dir"]).parent), sort_key(r["job_num"]), r["run_dir"]))
     return rows
 
 
@@ -204,11 +204,11 @@ def read_study(rows: list[dict]) -> dict:
             continue
         study = study or config.get("study") or {}
         data[_data_label(_choices(job).get("data"), config.get("data") or {})] = None
-    baseline = {k: _normalize(v) for k, v in (study.get("baseline") or {}).items()}
+    baseline = {k: normalize(v) for k, v in (study.get("baseline") or {}).items()}
     paper = study.get("paper") or {}
     if paper.get("top1") and len(baseline) == 1:
         paper = {"key": next(iter(baseline)), "source": paper.get("source") or "the paper",
-                 "top1": {_normalize(k): float(v) for k, v in paper["top1"].items()}}
+                 "top1": {normalize(k): float(v) for k, v in paper["top1"].items()}}
     else:
         paper = None
     design = {k: study[k] for k in ("alpha", "delta", "seeds_per_round", "max_seeds") if k in study}
@@ -237,13 +237,13 @@ def aggregate(rows: list[dict], keys: list[str] | None = None, settings: list[tu
     for r in rows:
         groups.setdefault(tuple(r["overrides"].get(k) for k in keys), []).append(r)
     configs = []
-    for values, jobs in sorted(groups.items(), key=lambda kv: [_sort_key(v) for v in kv[0]]):
+    for values, jobs in sorted(groups.items(), key=lambda kv: [sort_key(v) for v in kv[0]]):
         done = [j for j in jobs if j["status"] == "completed"]
         accs = [j["test/acc_top1"] for j in done if j["test/acc_top1"] is not None]
         speeds = [j["train_images_per_s"] for j in done if j["train_images_per_s"] is not None]
         # Size and cost don't depend on the seed; a failed job may still have measured them.
         params, flops = (next((j[k] for j in done + jobs if j[k] is not None), None) for k in ("params", "flops"))
-        scored = sorted((j for j in done if j["test/acc_top1"] is not None), key=lambda j: _sort_key(j.get("seed")))
+        scored = sorted((j for j in done if j["test/acc_top1"] is not None), key=lambda j: sort_key(j.get("seed")))
         configs.append({**dict(zip(keys, values)), "params": params, "flops": flops,
                         "images_per_s": statistics.fmean(speeds) if speeds else None,
                         "test_acc_mean": statistics.fmean(accs) if accs else None,
@@ -601,9 +601,9 @@ def plot(out: Path, configs: list[dict], keys: list[str], baseline: dict | None 
         return []
     paths = []
     for axis in keys:
-        ticks = sorted({c[axis] for c in configs}, key=_sort_key)
+        ticks = sorted({c[axis] for c in configs}, key=sort_key)
         others = [k for k in keys if k != axis]
-        groups = sorted({tuple(c[k] for k in others) for c in configs}, key=lambda g: [_sort_key(v) for v in g])
+        groups = sorted({tuple(c[k] for k in others) for c in configs}, key=lambda g: [sort_key(v) for v in g])
         width = 0.6 / len(groups)
         fig, ax = plt.subplots(figsize=(6, 4))
         for g, rest in enumerate(groups):
@@ -776,7 +776,7 @@ def _key_value(text: str) -> tuple:
 
     if not key or isinstance(value, Sweep):
         raise argparse.ArgumentTypeError(f"not KEY=VALUE (one value): {text!r}")
-    return key, _normalize(value)
+    return key, normalize(value)
 
 
 def main(argv=None) -> None:

@@ -119,7 +119,7 @@ def compose(folder: Path, overrides: list[str]):
     from hydra import initialize_config_dir
 
     import focalnet.runinfo  # noqa: F401 (the resolvers the configs use)
-    from focalnet.train import config_dir
+    from focalnet.cli import config_dir
 
     with initialize_config_dir(config_dir=str(folder.resolve()), version_base="1.3"):
         return hydra_compose(config_name="study", return_hydra_config=True,
@@ -146,8 +146,11 @@ def load_spec(name: str, data: str, overrides: list[str] | None = None, experime
         raise ValueError(f"study {name} sweeps {', '.join(params) or 'nothing'}: a study compares the settings of "
                          "one key with its baseline (hydra.sweeper.params: one key and seed)")
     (key, text), = params.items()
-    values = [report._normalize(v) for v in report._parse_overrides([f"{key}={text}"])[key].list]
-    baseline = {k: report._normalize(v) for k, v in (study.get("baseline") or {}).items()}
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (sweep,) = OverridesParser.create().parse_overrides([f"{key}={text}"])
+    values = [report.normalize(v) for v in sweep.value().list]
+    baseline = {k: report.normalize(v) for k, v in (study.get("baseline") or {}).items()}
     if list(baseline) != [key] or baseline[key] not in values:
         raise ValueError(f"study.baseline={baseline} must name one of {key}={text}")
     unknown = set(study) - {"baseline", "paper", "budget_hours", *DESIGN_KEYS}
@@ -185,9 +188,9 @@ def local_runs(spec: Spec, root: Path = RUNS_ROOT) -> list[dict]:
     counts in the report)."""
     by_setting = {s: v for v, s in spec.settings.items()}
     found = []
-    for r in report._collect(root) if root.is_dir() else []:
+    for r in report.collect_folder(root) if root.is_dir() else []:
         run_dir = Path(r["run_dir"])
-        job = report._job_config(run_dir)
+        job = report.job_config_of(run_dir)
         if not job["config"]:
             continue
         value = by_setting.get(setting(recipe(job["config"], r.get("precision")), spec.reference))
@@ -195,7 +198,7 @@ def local_runs(spec: Spec, root: Path = RUNS_ROOT) -> list[dict]:
         if value is None and not own:
             continue
         if value is None:  # one of ours that has not recorded its precision yet (still starting)
-            value = report._normalize(_dotted(job["config"], spec.key))
+            value = report.normalize(_dotted(job["config"], spec.key))
         found.append(r | {"job_config": job, "overrides": {spec.key: value}, "recipe": spec.recipe_id,
                           "setting": spec.settings.get(value), "study": spec.name})
     return found
@@ -358,7 +361,7 @@ def main(argv=None) -> None:
     parser.add_argument("--experiments", type=Path, default=Path("experiments"),
                         help="the folder of the studies (default: experiments); reports go to <it>/<study>/<data>/")
     args = parser.parse_intermixed_args(argv)
-    from focalnet.train import config_dir
+    from focalnet.cli import config_dir
 
     ablation = Path(config_dir(), "ablation")
     if not (ablation / f"{args.data}.yaml").is_file():
@@ -372,7 +375,7 @@ def main(argv=None) -> None:
 
         if not isinstance(error, (ValueError, HydraException)):
             raise
-        from focalnet.train import hydra_error_line
+        from focalnet.cli import hydra_error_line
 
         parser.exit(2, f"focalnet-study: {hydra_error_line(error)}\n")
     sys.exit(code)

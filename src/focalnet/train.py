@@ -23,17 +23,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from focalnet import schema
+from focalnet.cli import config_dir, hydra_error_line
 from focalnet.runinfo import FAILED, git_info, job_info, machine, now, one_line, versions, write_json
 from focalnet.sweeps import apply_resume, job_lock
 
 log = logging.getLogger(__name__)
-
-
-def config_dir() -> str:
-    """conf/ inside the installed package (the wheel ships it there), else the checkout's top-level conf/."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "conf"
-    return str(packaged if packaged.is_dir() else here.parents[1] / "conf")
 
 
 def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None]) -> dict[str, Any]:
@@ -450,19 +444,6 @@ def main(hydra_main: Callable[[], None] = _hydra_main) -> None:
         sys.exit(1)
     if FAILED:
         sys.exit(1)
-
-
-def hydra_error_line(error: BaseException) -> str:
-    """One line from a Hydra composition error, with the available options when Hydra lists them."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    if "Available options" in str(error):
-        start = next(i for i, line in enumerate(lines) if line.startswith("Available options"))
-        options = [line for line in lines[start + 1 :] if not line.startswith(("Config search path", "provider="))]
-        return f"{lines[0]} (available: {', '.join(options)})"
-    # "Could not override 'x'." is followed by the reason or the fix on the next line.
-    return " ".join(lines[:2]) if lines[0].startswith("Could not override") and len(lines) > 1 else lines[0]
 
 
 if __name__ == "__main__":
