@@ -200,6 +200,58 @@ def test_ablation_knobs_change_the_function_and_keep_shapes():
     assert FocalNet.build(**base, use_global_context=False).layers[0].blocks[0].modulation.f.out_features == 2 * 32 + 3
 
 
+@pytest.mark.parametrize("variant", ["add", "top_level", "no_gates"])
+def test_table_13_variants_compute_what_they_say(variant):
+    """The paper's Table 13 variants, against the modulation written out from the module's own weights."""
+    import torch.nn.functional as F
+
+    from focalnet.models.focalnet import FocalModulation
+
+    torch.manual_seed(0)
+    knob = {"add": dict(interaction="add"), "top_level": dict(context="top_level"),
+            "no_gates": dict(use_gates=False)}[variant]
+    m = FocalModulation(8, focal_level=2, focal_window=3, **knob).eval()
+    x = torch.randn(2, 5, 5, 8)
+    C = 8
+    projected = F.linear(x, m.f.weight, m.f.bias)
+    q, ctx = projected[..., :C], projected[..., C : 2 * C].permute(0, 3, 1, 2)
+    gates = projected[..., 2 * C :].permute(0, 3, 1, 2)
+    levels = []
+    for layer in m.focal_layers:
+        ctx = layer(ctx)
+        levels.append(ctx)
+    glob = F.gelu(ctx.mean((2, 3), keepdim=True))
+    if variant == "top_level":
+        assert m.f.out_features == 2 * C  # no gates to produce
+        context = levels[-1]
+    elif variant == "no_gates":
+        assert m.f.out_features == 2 * C
+        context = levels[0] + levels[1] + glob
+    else:
+        assert m.f.out_features == 2 * C + 3
+        context = levels[0] * gates[:, 0:1] + levels[1] * gates[:, 1:2] + glob * gates[:, 2:3]
+    modulator = F.linear(context.permute(0, 2, 3, 1), m.h.weight, m.h.bias)
+    expected = q + modulator if variant == "add" else q * modulator
+    expected = F.linear(expected, m.proj.weight, m.proj.bias)
+    torch.testing.assert_close(m(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_table_13_variants_are_off_by_default_and_refused_by_the_exports():
+    model = create_model("focalnet_tiny_srf", num_classes=3, **SMALL)
+    assert (model.arch["interaction"], model.arch["context"], model.arch["use_gates"]) == ("multiply", "all_levels",
+                                                                                            True)
+    for knob, shown in ((dict(interaction="add"), "interaction='add'"), (dict(context="top_level"),
+                        "context='top_level'"), (dict(use_gates=False), "use_gates=False")):
+        variant = create_model("focalnet_tiny_srf", num_classes=3, **SMALL, **knob)
+        for fmt in ("official", "timm", "hf"):
+            with pytest.raises(ValueError, match=f"^format={fmt} cannot hold this model: {re.escape(shown)} "):
+                focalnet.export_state_dict(variant, fmt)
+    with pytest.raises(ValueError, match="interaction='mul' is not one of"):
+        create_model("focalnet_tiny_srf", interaction="mul", **SMALL)
+    with pytest.raises(ValueError, match="context='top_level' with focal_levels=0"):
+        create_model("focalnet_card", context="top_level", focal_levels=0)
+
+
 def test_per_stage_lists():
     m = create_model("focalnet_tiny_srf", focal_levels=[1, 2, 3, 4], focal_kernel=[3, 3, 5, 5], **SMALL)
     assert [s.blocks[0].modulation.kernel_sizes for s in m.layers] == [[3], [3, 5], [5, 7, 9], [5, 7, 9, 11]]
@@ -252,6 +304,9 @@ def test_public_api_is_importable_without_frameworks():
         ("focalnet_tiny_srf", dict(SMALL, use_conv_embed=True, use_postln_in_modulation=True), 64),
         ("focalnet_card", dict(hidden_size=16, num_layers=2, patch_size=4, focal_levels=0), 32),
         ("focalnet_card", dict(hidden_size=16, num_layers=2, patch_size=4, focal_levels=4), 28),
+        # Table 13's variants.
+        ("focalnet_card", dict(hidden_size=16, num_layers=2, patch_size=4, interaction="add", use_gates=False), 28),
+        ("focalnet_card", dict(hidden_size=16, num_layers=2, patch_size=4, context="top_level"), 28),
     ],
 )
 @pytest.mark.parametrize("gemm", ["linear", "conv", "auto"])
