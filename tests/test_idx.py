@@ -249,3 +249,19 @@ def test_config_lists_every_option_with_the_code_default(tmp_path, name, cls, hf
     dm = instantiate(cfg, _convert_="all")
     assert type(dm) is cls and dict(dm.hparams) == dict(cls(root=str(tmp_path)).hparams)
     assert dm.hparams.augment["hflip"] == hflip and dm.hparams.augment["random_crop"] == {"padding": 2}
+
+
+def test_the_validation_split_scales_with_the_data_and_a_small_train_share_warns(tmp_path, caplog):
+    """The default is a fraction (54,000/6,000 on the standard 60,000, 90/10 here); a fixed size that leaves less
+    than half of the images to train on is legal, and said."""
+    write_dataset(tmp_path)
+    dm = split_of(tmp_path)
+    assert (len(dm.train_set), len(dm.val_set)) == (90, 10)
+    with caplog.at_level("WARNING", logger="focalnet"):
+        split_of(tmp_path, val_size=60)
+    assert caplog.messages == ["data.val_size=60 leaves 40 of 100 images to train on (40%), less than half (a "
+                               "fraction, e.g. data.val_size=0.1, scales with the data)"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="focalnet"):
+        split_of(tmp_path, val_size=50)
+    assert caplog.messages == []  # half is fine

@@ -64,10 +64,13 @@ def test_a_run_records_its_warnings(tmp_path, monkeypatch, capsys):
 
     monkeypatch.chdir(tmp_path)
     code, _ = run_in_process([*TINY, "logger=csv", "test=false", f"hydra.run.dir={tmp_path}/run",
-                              "optim.warmup_epochs=100"], capsys, monkeypatch)  # fmt: skip
+                              "optim.warmup_epochs=100", "data.val_fraction=0.45"], capsys, monkeypatch)  # fmt: skip
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert code == 0 and summary["status"] == "completed"
+    # The config's own warnings, then the data module's (digits: 1,797 images, 20% for testing, 45% for validation).
     assert summary["warnings"] == [
         "optim.warmup_epochs=100 > trainer.max_epochs=1: the warm-up never ends, the learning rate never reaches "
-        "optim.optimizer.lr"
+        "optim.optimizer.lr",
+        "data.val_fraction=0.45 with data.test_fraction=0.2 leaves 628 of 1,797 images to train on (35%), less than "
+        "half",
     ]

@@ -278,9 +278,11 @@ def train(cfg: DictConfig, summary: dict) -> None:
     from focalnet.module import check_checkpoint
 
     schema.validate(cfg)  # every key's type and range, before anything is built
+    # What focalnet's modules warn about while the run is built and trained (a split that leaves less than half of
+    # the data to train on, ...) goes into the summary as well as the log.
+    logging.getLogger("focalnet").addHandler(SummaryWarnings(summary))
     for warning in schema.warnings(cfg):
         log.warning(warning)
-        summary.setdefault("warnings", []).append(warning)
     summary["seed"] = L.seed_everything(cfg.seed, workers=True)
     choices = HydraConfig.get().runtime.choices
     summary["model"] = cfg.model.get("name") or "focalnet_card"
@@ -339,6 +341,20 @@ def train(cfg: DictConfig, summary: dict) -> None:
     summary["metrics"] = metrics
     if trainer.is_global_zero:
         report(summary, trainer)
+
+
+class SummaryWarnings(logging.Handler):
+    """Collects the warnings of focalnet's loggers into summary["warnings"], for this job only: the handler of a
+    sweep's earlier job in the same process gives way to the next job's."""
+
+    def __init__(self, summary: dict) -> None:
+        super().__init__(logging.WARNING)
+        for old in [h for h in logging.getLogger("focalnet").handlers if isinstance(h, SummaryWarnings)]:
+            logging.getLogger("focalnet").removeHandler(old)
+        self.summary = summary
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.summary.setdefault("warnings", []).append(record.getMessage())
 
 
 def build_model(model_cfg: DictConfig):

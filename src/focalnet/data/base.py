@@ -2,6 +2,7 @@
 
 import hashlib
 import itertools
+import logging
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,6 +19,16 @@ from focalnet.data.augment import build_augment
 # Lightning warns on every mid-epoch resume that a loader without state_dict() starts its epoch over; ours does not
 # (VisionDataModule.state_dict).
 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+
+log = logging.getLogger(__name__)
+
+
+def check_train_share(setting: str, train: int, total: int, hint: str = "") -> None:
+    """A split that leaves less than half of the images to train on is legal but rarely meant (a fixed validation
+    size taken from a small set): it is said in the log, and focalnet-train puts it in summary.json's warnings."""
+    if total and train < total / 2:
+        log.warning(f"{setting} leaves {train:,} of {total:,} images to train on ({train / total:.0%}), less than half"
+                    + (f" ({hint})" if hint else ""))
 
 
 class VisionDataModule(L.LightningDataModule):

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 
 from focalnet import schema
 from focalnet.data.augment import NO_AUGMENT
-from focalnet.data.base import VisionDataModule, check_fixed, download_checked
+from focalnet.data.base import VisionDataModule, check_fixed, check_train_share, download_checked
 
 CIFAR_AUGMENT = {**NO_AUGMENT, "random_crop": {"padding": 4}, "hflip": 0.5}
 
@@ -53,7 +53,7 @@ class CIFAR10DataModule(VisionDataModule):
         pin_memory: bool = True,
         augment=CIFAR_AUGMENT,
         seed: int = 0,
-        val_size: int = 5000,
+        val_size: int | float = 0.1,
         split_seed: int = 0,
         num_classes: int | None = None,
         in_channels: int = 3,
@@ -99,6 +99,8 @@ class CIFAR10DataModule(VisionDataModule):
             raise ValueError(f"data.val_size={self.val_size} must be smaller than the {len(labels)} train images")
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
         train, val = order[val_size:], order[:val_size]
+        check_train_share(f"data.val_size={self.val_size}", len(train), len(labels),
+                          "a fraction, e.g. data.val_size=0.1, scales with the data")
         self.train_set = TensorDataset(images[train], labels[train])
         self.val_set = TensorDataset(images[val], labels[val])
         self.test_set = TensorDataset(*read_batches([self.base / f for f in self.test_files], self.label_key))

@@ -9,7 +9,7 @@ from torch.utils.data import TensorDataset
 
 from focalnet import schema
 from focalnet.data.augment import NO_AUGMENT
-from focalnet.data.base import VisionDataModule, check_fixed
+from focalnet.data.base import VisionDataModule, check_fixed, check_train_share
 
 # Of the images up-sampled to 32x32 in [0, 1] (bilinear keeps the mean, shrinks the std a little).
 DIGITS_MEAN, DIGITS_STD = (0.3053,), (0.3236,)
@@ -63,6 +63,8 @@ class DigitsDataModule(VisionDataModule):
         )
         val_share = self.val_fraction / (1 - self.test_fraction)
         train, val = train_test_split(rest, test_size=val_share, stratify=digits.target[rest], **split)
+        check_train_share(f"data.val_fraction={self.val_fraction} with data.test_fraction={self.test_fraction}",
+                          len(train), len(labels))
         self.train_set, self.val_set, self.test_set = (
             TensorDataset(images[i], labels[i]) for i in map(torch.from_numpy, (train, val, test))
         )

@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from focalnet import schema
 from focalnet.data.augment import NO_AUGMENT
-from focalnet.data.base import VisionDataModule, check_fixed, download_checked
+from focalnet.data.base import VisionDataModule, check_fixed, check_train_share, download_checked
 
 # Shifts of up to 2 px, plus mirroring for clothes; digits are not mirror-symmetric.
 FASHION_AUGMENT = {**NO_AUGMENT, "random_crop": {"padding": 2}, "hflip": 0.5}
@@ -66,7 +66,7 @@ class FashionMNISTDataModule(VisionDataModule):
         pin_memory: bool = True,
         augment=FASHION_AUGMENT,
         seed: int = 0,
-        val_size: int | float = 6000,
+        val_size: int | float = 0.1,
         train_subset: int | float | None = None,
         split_seed: int = 0,
         num_classes: int = 10,
@@ -133,6 +133,8 @@ class FashionMNISTDataModule(VisionDataModule):
             return
         images, labels = self.read_split("train")
         train, val = self.split("val_size", self.val_size, np.arange(len(labels)), labels.numpy())
+        check_train_share(f"data.val_size={self.val_size}", len(train), len(labels),
+                          "a fraction, e.g. data.val_size=0.1, scales with the data")
         if self.train_subset is not None:
             train = self.split("train_subset", self.train_subset, train, labels.numpy())[1]
         train, val = torch.from_numpy(train), torch.from_numpy(val)
