@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from conftest import BIN, QUICK, TINY, read_summary, run_cli
-from focalnet import train
+from focalnet import build, train
 from focalnet.plugins import AtomicCheckpointIO
 from focalnet.runinfo import one_line, write_json
 
@@ -258,7 +258,7 @@ def test_deterministic_is_passed_to_the_trainer(tmp_path):
     from test_config import compose_train
 
     try:
-        trainer = train.build_trainer(compose_train(["trainer.deterministic=true", "logger=csv"], tmp_path), {})
+        trainer = build.build_trainer(compose_train(["trainer.deterministic=true", "logger=csv"], tmp_path), {})
         assert torch.are_deterministic_algorithms_enabled() and trainer is not None
     finally:
         torch.use_deterministic_algorithms(False)

@@ -19,7 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import BIN, TINY, job_dir, read_summary, run_cli
-from focalnet.sweeps import apply_resume, job_lock, resume_state
+from focalnet.job import apply_resume, job_lock, resume_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ("-m", "model.focal_levels=1,2", "seed=0,1", *TINY, "logger=csv", "hydra.sweep.dir=sweep")  # 4 jobs

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import TINY, job_dir, read_summary, run_cli
-from focalnet.train import config_dir
+from focalnet.cli import config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = Path(config_dir())
@@ -266,7 +266,7 @@ def test_slurm_launcher_writes_one_task_per_gpu(tmp_path, monkeypatch):
 
 
 def trainer_for(*overrides: str):
-    from focalnet.train import resolve_trainer_precision
+    from focalnet.build import resolve_trainer_precision
 
     cfg = compose_cfg(*overrides, "trainer.default_root_dir=.")
     resolve_trainer_precision(cfg, {})  # as the app does: precision=auto becomes what this machine runs
@@ -276,7 +276,7 @@ def trainer_for(*overrides: str):
 def test_cluster_environments(monkeypatch):
     from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment, TorchElasticEnvironment
 
-    from focalnet.train import launches_processes
+    from focalnet.job import launches_processes
 
     # On one machine Lightning starts the other ranks (and train.py points them at the job's folder).
     trainer = trainer_for("trainer=ddp_cpu")

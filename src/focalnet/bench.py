@@ -38,49 +38,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-import yaml
 from rich.console import Console
 from rich.table import Table
 
 import focalnet
+from focalnet.cli import Parser, config_dir, key_value, list_of, positive_int
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODES = ("eager", "compile")
 DEVICES = ("auto", "cpu", "cuda")
-CONF_DIRS = (Path(focalnet.__file__).parent / "conf", Path(__file__).resolve().parents[2] / "conf")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # the one-line error, without argparse's usage block
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _list_of(convert, choices=None):
-    """argparse type for comma-separated values, checked against `choices`."""
-
-    def parse(text: str) -> list:
-        values = [convert(v.strip()) for v in text.split(",") if v.strip()]
-        for v in values:
-            if choices is not None and v not in choices:
-                raise argparse.ArgumentTypeError(f"invalid choice {v!r} (choose from {', '.join(choices)})")
-        if not values:
-            raise argparse.ArgumentTypeError(f"no value in {text!r}")
-        return values
-
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
-
-
-def _key_value(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    return key, yaml.safe_load(value)  # so 128 is an int, 0.1 a float, [2,2,6,2] a list, true a bool
 
 
 def _sync(device: torch.device) -> None:
@@ -219,12 +185,12 @@ def load_datamodule(name: str, **overrides):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    for conf in CONF_DIRS:
-        if (path := conf / "data" / f"{name}.yaml").exists():
-            # Nested under a root, as in the training config: `seed: ${oc.select:..seed,0}` looks one level up.
-            cfg = OmegaConf.create({"data": OmegaConf.load(path)})
-            return instantiate(cfg.data, **overrides)
-    known = sorted(p.stem for conf in CONF_DIRS for p in (conf / "data").glob("*.yaml"))
+    conf = Path(config_dir())
+    if (path := conf / "data" / f"{name}.yaml").exists():
+        # Nested under a root, as in the training config: `seed: ${oc.select:..seed,0}` looks one level up.
+        cfg = OmegaConf.create({"data": OmegaConf.load(path)})
+        return instantiate(cfg.data, **overrides)
+    known = sorted(p.stem for p in (conf / "data").glob("*.yaml"))
     raise ValueError(f"--data {name}: no such data config; known: {', '.join(known)}")
 
 
@@ -355,25 +321,25 @@ def print_table(results: list[dict], env: dict, console: Console) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="focalnet-bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", type=_list_of(str), action="extend", help="registered names (default focalnet_card)")
-    p.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+    p = Parser(prog="focalnet-bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", type=list_of(str), action="extend", help="registered names (default focalnet_card)")
+    p.add_argument("--set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="create_model override, e.g. hidden_size=128 or drop_path_rate=0 (repeatable)")
-    p.add_argument("--img", type=_list_of(_positive_int), action="extend", help="sizes (default 224, or the data's)")
-    p.add_argument("--batch", type=_list_of(_positive_int), action="extend", help="sizes (default 32, or the data's)")
-    p.add_argument("--precision", type=_list_of(str, PRECISIONS), action="extend", help="fp32, bf16 (default fp32)")
-    p.add_argument("--mode", type=_list_of(str, MODES), action="extend", help="eager, compile (default eager)")
+    p.add_argument("--img", type=list_of(positive_int), action="extend", help="sizes (default 224, or the data's)")
+    p.add_argument("--batch", type=list_of(positive_int), action="extend", help="sizes (default 32, or the data's)")
+    p.add_argument("--precision", type=list_of(str, PRECISIONS), action="extend", help="fp32, bf16 (default fp32)")
+    p.add_argument("--mode", type=list_of(str, MODES), action="extend", help="eager, compile (default eager)")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--channels-last", action="store_true", help="feed channels_last input")
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's)")
-    p.add_argument("--steps", type=_positive_int, default=10, help="timed steps per repeat")
-    p.add_argument("--warmup", type=_positive_int, default=3, help="untimed steps first (compile mode compiles here)")
-    p.add_argument("--repeats", type=_positive_int, default=5, help="timed repeats; the median is reported")
-    p.add_argument("--peak-size", type=_positive_int, help="matmul side for the peak (default 4096 CPU, 8192 CUDA)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--steps", type=positive_int, default=10, help="timed steps per repeat")
+    p.add_argument("--warmup", type=positive_int, default=3, help="untimed steps first (compile mode compiles here)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats; the median is reported")
+    p.add_argument("--peak-size", type=positive_int, help="matmul side for the peak (default 4096 CPU, 8192 CUDA)")
     p.add_argument("--data", help="also time this data config's train loader + on-device augmentation (conf/data)")
     p.add_argument("--data-root", help="data.root for datasets on disk (cifar10, imagefolder)")
-    p.add_argument("--loader-batches", type=_positive_int, default=50, help="loader batches per repeat")
-    p.add_argument("--profile", type=_positive_int, metavar="N",
+    p.add_argument("--loader-batches", type=positive_int, default=50, help="loader batches per repeat")
+    p.add_argument("--profile", type=positive_int, metavar="N",
                    help="also profile one training step and list its N costliest operators")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON; '-' prints one JSON line")
     return p

@@ -38,7 +38,7 @@ class CheckpointOnInterrupt(Callback):
     SIGUSR1 (SLURM's early warning) stops training: Lightning's SignalConnector lets the current batch finish and
     raises SIGTERMException, so the checkpoint holds every batch trained so far, and the same command with
     `ckpt_path=<path>` (or resume=auto) continues exactly where the run stopped. The exception carries what
-    happened (`interrupt`: signal, epoch, step, checkpoint) to the run's summary; under SLURM, train.py then requeues
+    happened (`interrupt`: signal, epoch, step, checkpoint) to the run's summary; under SLURM, job.py then requeues
     the job after a SIGUSR1.
 
     Not Lightning's OnExceptionCheckpoint or ModelCheckpoint(save_on_exception=True): both save on any error too (a

@@ -11,15 +11,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from focalnet.train import (
-    build_trainer,
-    class_summary,
-    config_dir,
-    launches_processes,
-    rerun_this_job_in_children,
-    run_job,
-)
-from focalnet.train import main as _main
+from focalnet.build import build_trainer, class_summary
+from focalnet.cli import config_dir, run_app
+from focalnet.job import launches_processes, rerun_this_job_in_children, run_job
 
 
 def evaluate(cfg: DictConfig, summary: dict) -> None:
@@ -100,7 +94,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _main(_hydra_main)
+    run_app(_hydra_main)
 
 
 if __name__ == "__main__":

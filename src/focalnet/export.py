@@ -22,19 +22,19 @@ from pathlib import Path
 
 import torch
 
-from focalnet.bench import _key_value, _Parser
-from focalnet.models.focalnet import FORMATS, _read_state_dict, export_state_dict, hf_config
+from focalnet.cli import Parser, key_value
+from focalnet.models.focalnet import FORMATS, export_state_dict, hf_config, read_state_dict
 from focalnet.runinfo import one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="focalnet-export", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="focalnet-export", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("source", help="a focalnet-train .ckpt, a weights file (with --model), a transformers folder/hub id")
     p.add_argument("--format", required=True, choices=FORMATS, help="hf (transformers), timm or official")
     p.add_argument("--out", required=True, type=Path, help="the folder (hf) or file (timm, official) to write")
     p.add_argument("--model", help="the registered model name the weights file is for")
-    p.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="create_model override with --model, e.g. use_postln=true (repeatable)")
     p.add_argument("--class-names", help="a text file, one class name per line (hf id2label)")
     return p
@@ -54,7 +54,7 @@ def load_source(source: str, name: str | None, overrides: dict):
     if name is None:
         return focalnet.create_model_from_pretrained(source, **overrides), None
     # A weights file carries its head's class count and input channels (in any format's names); the name, the rest.
-    state = _read_state_dict(source)
+    state = read_state_dict(source)
     head = next((v for k, v in state.items() if re.search(r"(^|\.)(head(\.fc)?|classifier)\.weight$", k)), None)
     stem = next((v for k, v in state.items() if re.search(r"(patch_embed|stem|patch_embeddings)\.proj", k)), None)
     overrides.setdefault("num_classes", head.shape[0] if head is not None else 0)

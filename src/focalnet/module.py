@@ -377,7 +377,7 @@ class ClassificationModule(L.LightningModule):
         checkpoint["class_names"] = self.class_names  # what the outputs mean, for whoever loads the checkpoint
         # The metrics so far: a run resumed after its training had finished (stopped in the test phase) reports them.
         checkpoint["metrics"] = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
-        # The W&B run a resumed run continues (train.continue_wandb_run).
+        # The W&B run a resumed run continues (job.continue_wandb_run).
         from lightning.pytorch.loggers import WandbLogger
 
         ids = [logger.version for logger in self.loggers if isinstance(logger, WandbLogger)]

@@ -1,11 +1,11 @@
-"""Sweeps that finish: resume=auto, the sweep's Hydra callback, and one GPU group per parallel job process."""
+"""Sweeps that finish: the sweep's Hydra callback and one GPU group per parallel job process (resume=auto and the
+job's lock are focalnet.job's)."""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,57 +13,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from focalnet.runinfo import FAILED
-
-
-def resume_state(run_dir: Path) -> tuple[str, dict | None]:
-    """resume=auto's rule: completed -> "skip"; a checkpoints/last.ckpt and not failed -> "resume"; else "scratch"."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = None
-    status = summary.get("status") if isinstance(summary, dict) else None
-    if status == "completed":
-        return "skip", summary
-    if status != "failed" and (run_dir / "checkpoints" / "last.ckpt").is_file():
-        return "resume", summary
-    return "scratch", summary
-
-
-def apply_resume(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """With resume=auto: a completed job's summary (the caller skips the job), else None after pointing
-    cfg.ckpt_path at the job's last.ckpt when it should resume. A ckpt_path given by the user wins. A job that SLURM
-    started again (requeued after preemption: SLURM_RESTART_COUNT > 0) resumes as with resume=auto."""
-    if cfg.get("resume") != "auto" and not int(os.environ.get("SLURM_RESTART_COUNT") or 0):
-        return None  # null, or a bad value that the job then fails on (focalnet.schema)
-    state, summary = resume_state(run_dir)
-    if state == "skip":
-        print(f"resume=auto: {run_dir} completed earlier, skipped", flush=True)
-        return summary
-    if state == "resume" and not cfg.ckpt_path:
-        cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
-    return None
-
-
-@contextmanager
-def job_lock(run_dir: Path):
-    """Hold `<run_dir>/.lock` while this process runs the job: yields False, or True when a live process holds it
-    already (two `resume=auto` commands on one sweep, a requeue racing a manual restart). An flock, so the OS
-    releases it when its process dies: a killed run leaves no stale lock. The file is never written: a completed
-    job's folder stays byte for byte as it was. Ranks other than 0 (the DDP processes rank 0 starts on its job) take
-    none."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    if rank_zero_only.rank != 0:
-        yield False
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield True
-            return
-        yield False
 
 
 class SweepCallback(Callback):

@@ -7,263 +7,37 @@ goes on to its next job (unless fail_fast=true) and the command exits 1 at the e
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
-import shutil
 import sys
 import time
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from focalnet import schema
-from focalnet.cli import config_dir, hydra_error_line
-from focalnet.runinfo import FAILED, git_info, job_info, machine, now, one_line, versions, write_json
-from focalnet.sweeps import apply_resume, job_lock
+from focalnet.build import (
+    SummaryWarnings,
+    build_model,
+    build_trainer,
+    choices,
+    class_summary,
+    fill_split_file,
+    resolve_trainer_precision,
+)
+from focalnet.cli import config_dir, run_app
+from focalnet.job import (
+    apply_resume,
+    continue_wandb_run,
+    job_lock,
+    launches_processes,
+    rerun_this_job_in_children,
+    run_job,
+    watch_startup,
+)
+from focalnet.runinfo import FAILED
 
 log = logging.getLogger(__name__)
-
-
-def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None]) -> dict[str, Any]:
-    """Run `body(cfg, summary)` as one Hydra job: summary.json "running" -> "completed"/"failed", one W&B run.
-
-    Exceptions become a failed summary, `error: <one line>` on stderr and the traceback in error.log; the process
-    environment and sys.argv are restored afterwards, so the next job of a sweep starts clean.
-    """
-    from lightning.pytorch.utilities import rank_zero_only
-
-    # `import lightning` gives its logger a console handler of its own; Hydra's handlers (console and the run's
-    # log file) already receive everything, so each message would print twice.
-    logging.getLogger("lightning").handlers.clear()
-
-    info = job_info(app)
-    run_dir = Path(info["run_dir"])
-    rank_zero = rank_zero_only.rank == 0
-    summary: dict[str, Any] = {"status": "running", "error": None, "task": cfg.get("task_name"), **info}
-    summary["seed"] = cfg.get("seed")
-    summary.update(git=git_info(run_dir=run_dir if rank_zero else None), versions=versions(), machine=machine(),
-                   started_at=now(), finished_at=None)
-    # A run that continues an interrupted one in this folder (resume=auto, a SLURM requeue) keeps its history: each
-    # part's start, end, wall time and how it stopped; the run's wall time is the sum.
-    parts = earlier_parts(run_dir, cfg.get("ckpt_path"))
-    part: dict[str, Any] = {"started_at": summary["started_at"], "host": info["host"], **slurm_job()}
-    summary.update(parts=[*parts, part], requeues=sum(p.get("requeued", False) for p in parts))
-    summary["started_at"] = (parts[0].get("started_at") if parts else None) or part["started_at"]
-
-    def save() -> None:
-        if rank_zero:
-            write_json(run_dir / "summary.json", summary)
-
-    save()
-    env, argv, start = dict(os.environ), list(sys.argv), time.perf_counter()
-    requeue = None
-    try:
-        body(cfg, summary)
-        summary["status"] = "completed"
-    except Exception as error:
-        summary.update(status="failed", error=one_line(error))
-        if rank_zero:
-            (run_dir / "error.log").write_text(traceback.format_exc())
-        else:  # where rank 0 reads it when the process group never formed (watch_startup)
-            error_log = run_dir / f"error-rank{rank_zero_only.rank}.log"
-            error_log.write_text(f"{summary['error']}\n{traceback.format_exc()}")
-        print(f"error: {summary['error']}", file=sys.stderr, flush=True)
-        FAILED.append(str(run_dir))
-    except SystemExit as stop:  # SIGTERM/SIGUSR1 (Lightning's SIGTERMException, after saving last.ckpt) or Ctrl-C
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        interrupt = getattr(stop, "interrupt", None) or {"signal": "SIGTERM" if isinstance(stop, SIGTERMException)
-                                                         else "Ctrl-C"}
-        part.update(interrupt)
-        where = f" at epoch {interrupt['epoch']}, step {interrupt['step']}" if "epoch" in interrupt else ""
-        # SLURM's warning ahead of preemption or the time limit: the job goes back into the queue and, started
-        # again, resumes from last.ckpt by itself. Anything else is continued by hand.
-        if interrupt["signal"] == "SIGUSR1" and part.get("slurm_job_id") and "checkpoint" in interrupt:
-            requeue = part["slurm_job_id"]
-            part["requeued"] = True
-            summary["requeues"] += 1
-            then = f"SLURM job {requeue} requeued: it resumes from last.ckpt when it starts again"
-        else:
-            then = "resume=auto continues the run"
-        summary.update(status="interrupted", error=f"interrupted by {interrupt['signal']}{where}; {then}")
-        # 128 + 15, a shell's code for a process SIGTERM ended: the job did not complete (a sweep stops here too).
-        raise SystemExit(143 if isinstance(stop, SIGTERMException) else stop.code) from None
-    finally:
-        part.update(status=summary["status"], finished_at=now(), wall_time_s=round(time.perf_counter() - start, 3))
-        total = sum(p.get("wall_time_s") or 0 for p in summary["parts"])
-        summary.update(wall_time_s=round(total, 3), finished_at=now())
-        save()
-        _finish(failed=summary["status"] != "completed")
-        os.environ.clear()
-        os.environ.update(env)  # Lightning and W&B set MASTER_PORT, WANDB_MODE, PL_GLOBAL_SEED, ...
-        sys.argv[:] = argv
-        if requeue and rank_zero and not requeue_slurm_job(requeue):  # last: requeueing a running job ends it
-            part["requeued"], summary["requeues"] = False, summary["requeues"] - 1
-            summary["error"] = summary["error"].split(";")[0] + "; the requeue failed: resume=auto continues the run"
-            save()
-    if summary["status"] == "failed" and cfg.get("fail_fast"):
-        raise SystemExit(1)
-    return summary
-
-
-def earlier_parts(run_dir: Path, ckpt_path: str | None) -> list[dict]:
-    """The parts of the run this start continues: those of the summary in `run_dir` when that run was interrupted
-    and this start resumes from a checkpoint inside `run_dir` (resume=auto, a SLURM requeue); else none."""
-    try:
-        earlier = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return []
-    if not ckpt_path or earlier.get("status") != "interrupted" or run_dir.resolve() not in Path(ckpt_path).resolve(
-    ).parents:  # fmt: skip
-        return []
-    # A summary written before parts were recorded: the run's one earlier part, as far as it was recorded.
-    keys = ("started_at", "finished_at", "wall_time_s", "status", "host")
-    return earlier.get("parts") or [{k: earlier.get(k) for k in keys}]
-
-
-def slurm_job() -> dict[str, Any]:
-    """This process's SLURM job (the array task's id where it is one) and how often SLURM restarted it; {} outside."""
-    job = os.environ.get("SLURM_JOB_ID")
-    if not job:
-        return {}
-    array = os.environ.get("SLURM_ARRAY_JOB_ID")
-    job_id = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else job
-    return {"slurm_job_id": job_id, "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0))}
-
-
-def requeue_slurm_job(job_id: str) -> bool:
-    """Put the job back into SLURM's queue, as Lightning's auto-requeue does (but after the exact checkpoint)."""
-    import subprocess
-
-    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
-    if result.returncode:
-        print(f"error: scontrol requeue {job_id} failed: {one_line(RuntimeError(result.stderr))}", file=sys.stderr,
-              flush=True)
-    return result.returncode == 0
-
-
-def _finish(failed: bool) -> None:
-    """Close this job's W&B run and process group, or the next job in this process would log into / hang on them."""
-    if "wandb" in sys.modules:
-        import wandb
-
-        if wandb.run is not None:
-            wandb.finish(exit_code=int(failed))
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def rerun_this_job_in_children(run_dir: Path, *overrides: str) -> None:
-    """Make Lightning's DDP launcher start the other ranks on exactly this job.
-
-    The launcher re-executes sys.argv plus `hydra.run.dir=<HydraConfig run.dir>`. In a sweep that argv is the whole
-    sweep and run.dir a fresh timestamp; instead the children compose this job's saved config in this job's folder,
-    plus `overrides` (decisions rank 0 took at the job's start, which the children must not take again).
-    """
-    from hydra.core.hydra_config import HydraConfig
-
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.output_subdir is None:
-        raise ValueError("hydra.output_subdir=null: multi-process training needs the job's saved config")
-    config_path = str(run_dir / hydra_cfg.output_subdir)
-    sys.argv[:] = [sys.argv[0], "--config-path", config_path, "--config-name", "config", *overrides]
-    OmegaConf.set_readonly(hydra_cfg, False)
-    hydra_cfg.run.dir = str(run_dir)
-    OmegaConf.set_readonly(hydra_cfg, True)
-
-
-def watch_startup(trainer, summary: dict, timeout: float) -> None:
-    """Bound the start-up of a multi-process run: until every rank has joined the process group, a rank that exits
-    (its error read from error-rank<k>.log), a rank 0 that is gone, or `timeout` seconds stop every rank at once,
-    the failed summary naming the cause. Without it, Lightning's child observer SIGKILLs rank 0 (nothing recorded)
-    or the others wait for rank 0 until gloo's 30-minute timeout."""
-    import threading
-
-    import torch.distributed as dist
-    from lightning.pytorch.utilities import rank_zero_only
-
-    if trainer.world_size < 2:
-        return
-    rank, parent, run_dir = rank_zero_only.rank, os.getppid(), Path(summary["run_dir"])
-    procs = lambda: getattr(trainer.strategy.launcher, "procs", None) or []  # noqa: E731 (filled once launched)
-
-    def stop(message: str) -> None:
-        if rank == 0:
-            summary.update(status="failed", error=message, finished_at=now())
-            write_json(run_dir / "summary.json", summary)
-        print(f"error: {message}", file=sys.stderr, flush=True)
-        for proc in procs():
-            proc.kill()
-        if rank == 0:
-            _finish(failed=True)
-        os._exit(1)
-
-    def watch() -> None:
-        deadline = time.monotonic() + timeout
-        while not (dist.is_available() and dist.is_initialized()):
-            for k, proc in enumerate(procs(), 1):
-                if proc.poll() is not None:
-                    log_file = run_dir / f"error-rank{k}.log"
-                    cause = log_file.read_text().splitlines()[0] if log_file.is_file() else "see its output above"
-                    stop(f"rank {k} exited with code {proc.returncode} before the process group formed: {cause}")
-            if rank != 0 and os.getppid() != parent:
-                stop("rank 0 exited before the process group formed")
-            if time.monotonic() > deadline:
-                stop(f"the {trainer.world_size} processes did not form a process group within startup_timeout="
-                     f"{timeout} s (a rank hangs, or starts slower: raise startup_timeout)")  # fmt: skip
-            time.sleep(0.1)
-
-    threading.Thread(target=watch, name="focalnet-startup-watch", daemon=True).start()
-
-
-def launches_processes(trainer) -> bool:
-    """Whether fit() will start the other ranks itself (DDP on one machine), not SLURM or torchrun."""
-    environment = getattr(trainer.strategy, "cluster_environment", None)
-    return trainer.world_size > 1 and environment is not None and not environment.creates_processes_externally
-
-
-def instantiate_all(group: DictConfig | None) -> list:
-    """The `_target_` entries of a group like callbacks/ or logger/ (entries set to null are skipped)."""
-    from hydra.utils import instantiate
-
-    return [instantiate(c, _convert_="all") for c in (group or {}).values() if c is not None and "_target_" in c]
-
-
-def resolve_trainer_precision(cfg: DictConfig, summary: dict) -> None:
-    """trainer.precision=auto becomes what this machine runs best (focalnet.precision); the summary says which."""
-    from focalnet.precision import resolve_precision
-
-    summary["precision"] = cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
-
-
-def build_trainer(cfg: DictConfig, summary: dict):
-    """Loggers (W&B name and group filled in from the job), callbacks and the Trainer."""
-    from hydra.utils import instantiate
-
-    resolve_trainer_precision(cfg, summary)
-    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
-    if wandb_cfg is not None:
-        wandb_cfg.name = wandb_cfg.name or summary["override_string"] or None
-        if wandb_cfg.group is None and summary["sweep_dir"]:
-            wandb_cfg.group = Path(summary["sweep_dir"]).name
-        # focalnet-report logs a sweep's table and plots to the same project and group.
-        mode = "offline" if wandb_cfg.offline else os.environ.get("WANDB_MODE", "online")
-        summary["wandb"] = {"project": wandb_cfg.project, "group": wandb_cfg.group, "mode": mode}
-    from lightning.pytorch.callbacks import LearningRateMonitor
-
-    loggers = instantiate_all(cfg.get("logger"))
-    callbacks = instantiate_all(cfg.get("callbacks"))
-    if not loggers:  # logger=none: the learning rate has nowhere to go, and LearningRateMonitor would refuse to run
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
 
 def train(cfg: DictConfig, summary: dict) -> None:
@@ -284,11 +58,11 @@ def train(cfg: DictConfig, summary: dict) -> None:
     for warning in schema.warnings(cfg):
         log.warning(warning)
     summary["seed"] = L.seed_everything(cfg.seed, workers=True)
-    choices = HydraConfig.get().runtime.choices
+    picked = HydraConfig.get().runtime.choices
     summary["model"] = cfg.model.get("name") or "focalnet_card"
-    summary["data"] = choices.get("data")
+    summary["data"] = picked.get("data")
     # A `???` in the overlay cannot demand it: merged over the model config's null, OmegaConf keeps the null.
-    if choices.get("experiment") == "finetune" and not cfg.model.get("pretrained"):
+    if picked.get("experiment") == "finetune" and not cfg.model.get("pretrained"):
         raise ValueError(
             "model.pretrained is not set: experiment=finetune starts from weights (a .pth, .safetensors or "
             "focalnet-train .ckpt file, or a hub id)"
@@ -306,7 +80,7 @@ def train(cfg: DictConfig, summary: dict) -> None:
     stats = focalnet.model_stats(model, cfg.data.image_size, cfg.data.in_channels)
     summary.update(stats)
     # The resolved config plus the chosen group options travels to W&B and into every checkpoint.
-    resolved = {**OmegaConf.to_container(cfg, resolve=True), "choices": _choices()}
+    resolved = {**OmegaConf.to_container(cfg, resolve=True), "choices": choices()}
     module = instantiate(cfg.module, model=model, optim=resolved["optim"], run_config=resolved, _recursive_=False)
     if ckpt_path:
         check_checkpoint(ckpt_path, module)
@@ -343,77 +117,6 @@ def train(cfg: DictConfig, summary: dict) -> None:
         report(summary, trainer)
 
 
-class SummaryWarnings(logging.Handler):
-    """Collects the warnings of focalnet's loggers into summary["warnings"], for this job only: the handler of a
-    sweep's earlier job in the same process gives way to the next job's."""
-
-    def __init__(self, summary: dict) -> None:
-        super().__init__(logging.WARNING)
-        for old in [h for h in logging.getLogger("focalnet").handlers if isinstance(h, SummaryWarnings)]:
-            logging.getLogger("focalnet").removeHandler(old)
-        self.summary = summary
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.summary.setdefault("warnings", []).append(record.getMessage())
-
-
-def build_model(model_cfg: DictConfig):
-    """The model; its own checks (kernel parity, image size against patch size) name plain arguments, which a run
-    reports as the config keys they came from: `image_size=30` becomes `model.image_size=30`."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    try:
-        return instantiate(model_cfg, _convert_="all")
-    except InstantiationException as error:
-        if not isinstance(error.__cause__, ValueError):
-            raise
-        keys = "|".join(k for k in model_cfg if not k.startswith("_"))
-        raise ValueError(re.sub(rf"(?<![\w.])({keys})=", r"model.\1=", one_line(error.__cause__))) from error
-
-
-def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None, summary: dict) -> None:
-    """A run resumed from a checkpoint (resume=auto after SIGTERM or preemption, or ckpt_path=) logs into the W&B run
-    that wrote the checkpoint: same id, resume="allow" (online W&B appends to it; offline, a second folder
-    offline-run-<time>-<same id> that `wandb sync` uploads into that run)."""
-    import torch
-
-    if not ckpt_path or (cfg.get("logger") or {}).get("wandb") is None or cfg.logger.wandb.get("id"):
-        return
-    run_id = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("wandb_run_id")
-    if run_id:
-        with open_dict(cfg):
-            cfg.logger.wandb.id, cfg.logger.wandb.resume = run_id, "allow"
-        summary["wandb_resumed_id"] = run_id
-
-
-def fill_split_file(data: DictConfig, run_dir: Path, ckpt_path: str | None) -> None:
-    """data.split_file=null, where the data module draws its own split, becomes <run_dir>/split.json: a resumed run
-    and focalnet-eval of the run's checkpoints read the split back instead of drawing it again from a folder that
-    may have grown. Resumed from another run's checkpoint (<run>/checkpoints/<file>.ckpt), a run starts from a copy
-    of that run's split.json."""
-    if "split_file" not in data or data.split_file is not None:
-        return
-    split_file = run_dir / "split.json"
-    recorded = Path(ckpt_path).parent.parent / "split.json" if ckpt_path else None
-    if recorded is not None and recorded.is_file() and not split_file.exists():
-        shutil.copyfile(recorded, split_file)
-    data.split_file = str(split_file)
-
-
-def class_summary(names: list[str]) -> list[str] | int:
-    """The class names for summary.json; their number alone beyond 50, where a list stops being readable."""
-    return list(names) if len(names) <= 50 else len(names)
-
-
-def _choices() -> dict[str, str]:
-    """The config group options this run picked, e.g. {"data": "digits", "model": "card", ...}."""
-    from hydra.core.hydra_config import HydraConfig
-
-    choices = HydraConfig.get().runtime.choices
-    return {k: v for k, v in choices.items() if not k.startswith("hydra") and v is not None}
-
-
 def report(summary: dict, trainer) -> None:
     """What a person at the terminal wants at the end: where the run is, how it did, how to upload it."""
     shown = {k: v for k, v in sorted(summary["metrics"].items()) if k.startswith(("test/", "val/"))}
@@ -445,21 +148,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return (summary.get("metrics") or {}).get(cfg.get("optimized_metric"))
 
 
-def main(hydra_main: Callable[[], None] = _hydra_main) -> None:
-    """Console entry point: Hydra's own errors (unknown option, bad override) become one line, and the exit code
-    is 1 when any run failed. HYDRA_FULL_ERROR=1 shows full tracebacks instead."""
-    FAILED.clear()  # this command's jobs only (tests call main() more than once in a process)
-    show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises instead of printing its multi-line report
-    try:
-        hydra_main()
-    except Exception as error:
-        if show_traceback:
-            raise
-        print(f"error: {hydra_error_line(error)}", file=sys.stderr)
-        sys.exit(1)
-    if FAILED:
-        sys.exit(1)
+def main() -> None:
+    """Console entry point (focalnet.cli.run_app: one-line Hydra errors, exit code 1 when any run failed)."""
+    run_app(_hydra_main)
 
 
 if __name__ == "__main__":

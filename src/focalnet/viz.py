@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from focalnet.bench import _key_value, _Parser, _positive_int
+from focalnet.cli import Parser, key_value, positive_int
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PANEL = 2.0  # inches per image panel
@@ -242,15 +242,15 @@ def read_images(folder: Path, size: int, channels: int, mean, std) -> tuple[torc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="focalnet-viz", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="focalnet-viz", description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", nargs="?", type=Path, help="a focalnet-train checkpoint (.ckpt)")
     p.add_argument("--model", help="a registered model name (with --pretrained, instead of a checkpoint)")
     p.add_argument("--pretrained", help="weights create_model takes: official/timm .pth, .safetensors, hub id")
-    p.add_argument("--set", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="create_model override with --model, e.g. image_size=64 (repeatable)")
     p.add_argument("--images", type=Path, metavar="DIR", help="a folder of image files")
     p.add_argument("--split", choices=("val", "test"), help="the first --num images of the run's split")
-    p.add_argument("--num", type=_positive_int, default=4, help="images with --split (default 4)")
+    p.add_argument("--num", type=positive_int, default=4, help="images with --split (default 4)")
     p.add_argument("--blocks", type=parse_blocks, default="last",
                    help="modulator maps of: last (the last block of every stage, default), all, or 0.1,3.0")
     p.add_argument("--gates-block", type=parse_blocks, metavar="STAGE.BLOCK", help="gates of (default: last block)")

@@ -36,6 +36,7 @@ __all__ = [
     "create_model_from_pretrained",
     "list_models",
     "load_pretrained",
+    "read_state_dict",
     "convert_state_dict",
     "export_state_dict",
     "hf_config",
@@ -942,7 +943,9 @@ def _hf_file(source: str, name: str) -> Path:
     return _download_from_hub(source, name)
 
 
-def _read_state_dict(source: str) -> dict[str, torch.Tensor]:
+def read_state_dict(source: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file (.pth/.pt/.bin, .safetensors, a Lightning .ckpt), a transformers folder or a hub
+    id, as they are stored (convert_state_dict maps their names)."""
     path = Path(source).expanduser()
     if path.is_dir():
         found = [path / name for name in _HF_WEIGHTS if (path / name).is_file()]
@@ -990,7 +993,7 @@ def _download_from_hub(repo_id: str, *names: str) -> Path:
 def load_pretrained(model: FocalNet, source: str | dict) -> FocalNet:
     """Load our, official, timm or transformers weights into `model` (a file, a transformers folder or a hub id);
     a head with another class count is dropped and re-initialised."""
-    state = convert_state_dict(_read_state_dict(source) if isinstance(source, (str, Path)) else source, model)
+    state = convert_state_dict(read_state_dict(source) if isinstance(source, (str, Path)) else source, model)
     own = model.state_dict()
     head_keys = [k for k in ("head.weight", "head.bias") if k in state]
     if head_keys and ("head.weight" not in own or own["head.weight"].shape != state["head.weight"].shape):

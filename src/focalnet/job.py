@@ -1,0 +1,292 @@
+"""A job's lifecycle, from its start to its summary.json, for every command-line tool that runs Hydra jobs.
+
+A job holds `<run_dir>/.lock` while it runs (job_lock); resume=auto skips a completed job or points it at its
+last.ckpt (resume_state, apply_resume). run_job writes summary.json atomically at each change of status ("running",
+then "completed", "failed" or "interrupted"), records each part of a run that was interrupted and continued, and
+requeues a SLURM job warned of preemption. watch_startup bounds the start-up of a multi-process run; a resumed run
+continues the W&B run that wrote its checkpoint (continue_wandb_run); finish closes W&B and the process group.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from focalnet.runinfo import FAILED, git_info, job_info, machine, now, one_line, versions, write_json
+
+
+def resume_state(run_dir: Path) -> tuple[str, dict | None]:
+    """resume=auto's rule: completed -> "skip"; a checkpoints/last.ckpt and not failed -> "resume"; else "scratch"."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    status = summary.get("status") if isinstance(summary, dict) else None
+    if status == "completed":
+        return "skip", summary
+    if status != "failed" and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        return "resume", summary
+    return "scratch", summary
+
+
+def apply_resume(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """With resume=auto: a completed job's summary (the caller skips the job), else None after pointing
+    cfg.ckpt_path at the job's last.ckpt when it should resume. A ckpt_path given by the user wins. A job that SLURM
+    started again (requeued after preemption: SLURM_RESTART_COUNT > 0) resumes as with resume=auto."""
+    if cfg.get("resume") != "auto" and not int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+        return None  # null, or a bad value that the job then fails on (focalnet.schema)
+    state, summary = resume_state(run_dir)
+    if state == "skip":
+        print(f"resume=auto: {run_dir} completed earlier, skipped", flush=True)
+        return summary
+    if state == "resume" and not cfg.ckpt_path:
+        cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
+    return None
+
+
+@contextmanager
+def job_lock(run_dir: Path):
+    """Hold `<run_dir>/.lock` while this process runs the job: yields False, or True when a live process holds it
+    already (two `resume=auto` commands on one sweep, a requeue racing a manual restart). An flock, so the OS
+    releases it when its process dies: a killed run leaves no stale lock. The file is never written: a completed
+    job's folder stays byte for byte as it was. Ranks other than 0 (the DDP processes rank 0 starts on its job) take
+    none."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        yield False
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield True
+            return
+        yield False
+
+
+def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None]) -> dict[str, Any]:
+    """Run `body(cfg, summary)` as one Hydra job: summary.json "running" -> "completed"/"failed", one W&B run.
+
+    Exceptions become a failed summary, `error: <one line>` on stderr and the traceback in error.log; the process
+    environment and sys.argv are restored afterwards, so the next job of a sweep starts clean.
+    """
+    from lightning.pytorch.utilities import rank_zero_only
+
+    # `import lightning` gives its logger a console handler of its own; Hydra's handlers (console and the run's
+    # log file) already receive everything, so each message would print twice.
+    logging.getLogger("lightning").handlers.clear()
+
+    info = job_info(app)
+    run_dir = Path(info["run_dir"])
+    rank_zero = rank_zero_only.rank == 0
+    summary: dict[str, Any] = {"status": "running", "error": None, "task": cfg.get("task_name"), **info}
+    summary["seed"] = cfg.get("seed")
+    summary.update(git=git_info(run_dir=run_dir if rank_zero else None), versions=versions(), machine=machine(),
+                   started_at=now(), finished_at=None)
+    # A run that continues an interrupted one in this folder (resume=auto, a SLURM requeue) keeps its history: each
+    # part's start, end, wall time and how it stopped; the run's wall time is the sum.
+    parts = earlier_parts(run_dir, cfg.get("ckpt_path"))
+    part: dict[str, Any] = {"started_at": summary["started_at"], "host": info["host"], **slurm_job()}
+    summary.update(parts=[*parts, part], requeues=sum(p.get("requeued", False) for p in parts))
+    summary["started_at"] = (parts[0].get("started_at") if parts else None) or part["started_at"]
+
+    def save() -> None:
+        if rank_zero:
+            write_json(run_dir / "summary.json", summary)
+
+    save()
+    env, argv, start = dict(os.environ), list(sys.argv), time.perf_counter()
+    requeue = None
+    try:
+        body(cfg, summary)
+        summary["status"] = "completed"
+    except Exception as error:
+        summary.update(status="failed", error=one_line(error))
+        if rank_zero:
+            (run_dir / "error.log").write_text(traceback.format_exc())
+        else:  # where rank 0 reads it when the process group never formed (watch_startup)
+            error_log = run_dir / f"error-rank{rank_zero_only.rank}.log"
+            error_log.write_text(f"{summary['error']}\n{traceback.format_exc()}")
+        print(f"error: {summary['error']}", file=sys.stderr, flush=True)
+        FAILED.append(str(run_dir))
+    except SystemExit as stop:  # SIGTERM/SIGUSR1 (Lightning's SIGTERMException, after saving last.ckpt) or Ctrl-C
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        interrupt = getattr(stop, "interrupt", None) or {"signal": "SIGTERM" if isinstance(stop, SIGTERMException)
+                                                         else "Ctrl-C"}
+        part.update(interrupt)
+        where = f" at epoch {interrupt['epoch']}, step {interrupt['step']}" if "epoch" in interrupt else ""
+        # SLURM's warning ahead of preemption or the time limit: the job goes back into the queue and, started
+        # again, resumes from last.ckpt by itself. Anything else is continued by hand.
+        if interrupt["signal"] == "SIGUSR1" and part.get("slurm_job_id") and "checkpoint" in interrupt:
+            requeue = part["slurm_job_id"]
+            part["requeued"] = True
+            summary["requeues"] += 1
+            then = f"SLURM job {requeue} requeued: it resumes from last.ckpt when it starts again"
+        else:
+            then = "resume=auto continues the run"
+        summary.update(status="interrupted", error=f"interrupted by {interrupt['signal']}{where}; {then}")
+        # 128 + 15, a shell's code for a process SIGTERM ended: the job did not complete (a sweep stops here too).
+        raise SystemExit(143 if isinstance(stop, SIGTERMException) else stop.code) from None
+    finally:
+        part.update(status=summary["status"], finished_at=now(), wall_time_s=round(time.perf_counter() - start, 3))
+        total = sum(p.get("wall_time_s") or 0 for p in summary["parts"])
+        summary.update(wall_time_s=round(total, 3), finished_at=now())
+        save()
+        finish(failed=summary["status"] != "completed")
+        os.environ.clear()
+        os.environ.update(env)  # Lightning and W&B set MASTER_PORT, WANDB_MODE, PL_GLOBAL_SEED, ...
+        sys.argv[:] = argv
+        if requeue and rank_zero and not requeue_slurm_job(requeue):  # last: requeueing a running job ends it
+            part["requeued"], summary["requeues"] = False, summary["requeues"] - 1
+            summary["error"] = summary["error"].split(";")[0] + "; the requeue failed: resume=auto continues the run"
+            save()
+    if summary["status"] == "failed" and cfg.get("fail_fast"):
+        raise SystemExit(1)
+    return summary
+
+
+def earlier_parts(run_dir: Path, ckpt_path: str | None) -> list[dict]:
+    """The parts of the run this start continues: those of the summary in `run_dir` when that run was interrupted
+    and this start resumes from a checkpoint inside `run_dir` (resume=auto, a SLURM requeue); else none."""
+    try:
+        earlier = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return []
+    if not ckpt_path or earlier.get("status") != "interrupted" or run_dir.resolve() not in Path(ckpt_path).resolve(
+    ).parents:  # fmt: skip
+        return []
+    # A summary written before parts were recorded: the run's one earlier part, as far as it was recorded.
+    keys = ("started_at", "finished_at", "wall_time_s", "status", "host")
+    return earlier.get("parts") or [{k: earlier.get(k) for k in keys}]
+
+
+def slurm_job() -> dict[str, Any]:
+    """This process's SLURM job (the array task's id where it is one) and how often SLURM restarted it; {} outside."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return {}
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job_id = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else job
+    return {"slurm_job_id": job_id, "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0))}
+
+
+def requeue_slurm_job(job_id: str) -> bool:
+    """Put the job back into SLURM's queue, as Lightning's auto-requeue does (but after the exact checkpoint)."""
+    import subprocess
+
+    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    if result.returncode:
+        print(f"error: scontrol requeue {job_id} failed: {one_line(RuntimeError(result.stderr))}", file=sys.stderr,
+              flush=True)
+    return result.returncode == 0
+
+
+def finish(failed: bool) -> None:
+    """Close this job's W&B run and process group, or the next job in this process would log into / hang on them."""
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=int(failed))
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def rerun_this_job_in_children(run_dir: Path, *overrides: str) -> None:
+    """Make Lightning's DDP launcher start the other ranks on exactly this job.
+
+    The launcher re-executes sys.argv plus `hydra.run.dir=<HydraConfig run.dir>`. In a sweep that argv is the whole
+    sweep and run.dir a fresh timestamp; instead the children compose this job's saved config in this job's folder,
+    plus `overrides` (decisions rank 0 took at the job's start, which the children must not take again).
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.output_subdir is None:
+        raise ValueError("hydra.output_subdir=null: multi-process training needs the job's saved config")
+    config_path = str(run_dir / hydra_cfg.output_subdir)
+    sys.argv[:] = [sys.argv[0], "--config-path", config_path, "--config-name", "config", *overrides]
+    OmegaConf.set_readonly(hydra_cfg, False)
+    hydra_cfg.run.dir = str(run_dir)
+    OmegaConf.set_readonly(hydra_cfg, True)
+
+
+def watch_startup(trainer, summary: dict, timeout: float) -> None:
+    """Bound the start-up of a multi-process run: until every rank has joined the process group, a rank that exits
+    (its error read from error-rank<k>.log), a rank 0 that is gone, or `timeout` seconds stop every rank at once,
+    the failed summary naming the cause. Without it, Lightning's child observer SIGKILLs rank 0 (nothing recorded)
+    or the others wait for rank 0 until gloo's 30-minute timeout."""
+    import threading
+
+    import torch.distributed as dist
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if trainer.world_size < 2:
+        return
+    rank, parent, run_dir = rank_zero_only.rank, os.getppid(), Path(summary["run_dir"])
+    procs = lambda: getattr(trainer.strategy.launcher, "procs", None) or []  # noqa: E731 (filled once launched)
+
+    def stop(message: str) -> None:
+        if rank == 0:
+            summary.update(status="failed", error=message, finished_at=now())
+            write_json(run_dir / "summary.json", summary)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        for proc in procs():
+            proc.kill()
+        if rank == 0:
+            finish(failed=True)
+        os._exit(1)
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not (dist.is_available() and dist.is_initialized()):
+            for k, proc in enumerate(procs(), 1):
+                if proc.poll() is not None:
+                    log_file = run_dir / f"error-rank{k}.log"
+                    cause = log_file.read_text().splitlines()[0] if log_file.is_file() else "see its output above"
+                    stop(f"rank {k} exited with code {proc.returncode} before the process group formed: {cause}")
+            if rank != 0 and os.getppid() != parent:
+                stop("rank 0 exited before the process group formed")
+            if time.monotonic() > deadline:
+                stop(f"the {trainer.world_size} processes did not form a process group within startup_timeout="
+                     f"{timeout} s (a rank hangs, or starts slower: raise startup_timeout)")  # fmt: skip
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, name="focalnet-startup-watch", daemon=True).start()
+
+
+def launches_processes(trainer) -> bool:
+    """Whether fit() will start the other ranks itself (DDP on one machine), not SLURM or torchrun."""
+    environment = getattr(trainer.strategy, "cluster_environment", None)
+    return trainer.world_size > 1 and environment is not None and not environment.creates_processes_externally
+
+
+def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None, summary: dict) -> None:
+    """A run resumed from a checkpoint (resume=auto after SIGTERM or preemption, or ckpt_path=) logs into the W&B run
+    that wrote the checkpoint: same id, resume="allow" (online W&B appends to it; offline, a second folder
+    offline-run-<time>-<same id> that `wandb sync` uploads into that run)."""
+    import torch
+
+    if not ckpt_path or (cfg.get("logger") or {}).get("wandb") is None or cfg.logger.wandb.get("id"):
+        return
+    run_id = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("wandb_run_id")
+    if run_id:
+        with open_dict(cfg):
+            cfg.logger.wandb.id, cfg.logger.wandb.resume = run_id, "allow"
+        summary["wandb_resumed_id"] = run_id
