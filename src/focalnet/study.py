@@ -153,10 +153,12 @@ def load_spec(name: str, data: str, overrides: list[str] | None = None, experime
     baseline = {k: report.normalize(v) for k, v in (study.get("baseline") or {}).items()}
     if list(baseline) != [key] or baseline[key] not in values:
         raise ValueError(f"study.baseline={baseline} must name one of {key}={text}")
-    unknown = set(study) - {"baseline", "paper", "budget_hours", *DESIGN_KEYS}
+    unknown = set(study) - {"name", "baseline", "paper", "budget_hours", *DESIGN_KEYS}
     if unknown:
-        raise ValueError(f"study.{sorted(unknown)[0]} is not a study key (baseline, paper, budget_hours, "
+        raise ValueError(f"study.{sorted(unknown)[0]} is not a study key (name, baseline, paper, budget_hours, "
                          f"{', '.join(DESIGN_KEYS)})")
+    if study.get("name", name) != name:
+        raise ValueError(f"study.name={study['name']} in {folder / 'study.yaml'}: a study is named by its folder ({name})")
     budget = study.get("budget_hours")
     if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
         raise ValueError(f"study.budget_hours={budget} must be a number of hours > 0, or null (no budget)")
