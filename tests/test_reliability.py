@@ -114,7 +114,6 @@ def run_signalled(stage: str, batch: int, *overrides: str, cwd: Path) -> subproc
                           timeout=300)  # fmt: skip
 
 
-@pytest.mark.precision
 def test_sigterm_in_validation_then_in_the_test_phase_and_two_resumes_give_the_uninterrupted_metrics(
     trained_run, tmp_path
 ):
