@@ -158,7 +158,8 @@ def load_spec(name: str, data: str, overrides: list[str] | None = None, experime
         raise ValueError(f"study.{sorted(unknown)[0]} is not a study key (name, baseline, paper, budget_hours, "
                          f"{', '.join(DESIGN_KEYS)})")
     if study.get("name", name) != name:
-        raise ValueError(f"study.name={study['name']} in {folder / 'study.yaml'}: a study is named by its folder ({name})")
+        raise ValueError(f"study.name={study['name']} in {folder / 'study.yaml'}: a study is named by its folder "
+                         f"({name})")
     budget = study.get("budget_hours")
     if budget is not None and not (isinstance(budget, (int, float)) and budget > 0):
         raise ValueError(f"study.budget_hours={budget} must be a number of hours > 0, or null (no budget)")
@@ -328,7 +329,8 @@ def run(spec: Spec, dry_run: bool = False, max_rounds: int | None = None) -> int
         plan = needed(spec, rows, decisions, machine()["cpu"])
         write_json(spec.out / "rounds.json", state)
         if not plan or over_budget or (max_rounds is not None and rounds >= max_rounds):
-            why = "budget spent" if over_budget and plan else "every row decided" if not plan else "rounds given"
+            why = ("budget spent" if over_budget and plan else "rounds given" if plan
+                   else "no row pending (each decided, or at the cap)")
             print(f"focalnet-study: {spec.name} on {spec.data}: {why}; report in {spec.out}/results.md", flush=True)
             return 0
         for seeds, values in plan.items():
