@@ -64,6 +64,12 @@ def test_rounds_stop_a_decided_row_and_resume_from_the_ledger(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "round" not in again.stdout and "no row pending" in again.stdout
     assert rows_of(out / "results.csv") == runs
+    # Every study's rows in one table, from the committed files alone.
+    summary = run_cli("focalnet-study", "--table", "--data", "digits", "--experiments", "experiments", *QUICK,
+                      cwd=tmp_path)
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    (broken,) = [line for line in summary.stdout.splitlines() if "lr=1e-09 vs 0.005" in line]
+    assert broken.startswith("| lr | lr=1e-09 vs 0.005 | 3 |") and broken.endswith("| worse | - |")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -375,7 +375,7 @@ def _seed_list(seeds) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs) or "-"
 
 
-def _verdict(c: dict, design: Design) -> str:
+def verdict_text(c: dict, design: Design) -> str:
     if c["verdict"] == PENDING:
         return f"undecided at {c['n_pairs']} of {design.max_seeds} seeds"
     if c["verdict"] == "inconclusive":
@@ -392,8 +392,8 @@ def _needed(c: dict) -> str:
 def _delta_cells(c: dict, design: Design) -> list[str]:
     if c["is_baseline"]:
         return ["baseline", "-", "-", "-", "-"]
-    return [_signed(c["delta"]), _interval(c["ci_low"], c["ci_high"]), _verdict(c, design), _seed_list(c.get("seeds")),
-            _needed(c)]
+    return [_signed(c["delta"]), _interval(c["ci_low"], c["ci_high"]), verdict_text(c, design),
+            _seed_list(c.get("seeds")), _needed(c)]
 
 
 def _how_to_read(with_delta: bool, paper: dict | None, design: Design | None = None) -> str:
@@ -473,7 +473,7 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
     fixed = fixed_overrides(rows)
     if fixed:
         lines += ["Every job: " + " ".join(f"`{k}={v}`" for k, v in fixed.items()), ""]
-    baseline = " ".join(f"`{k}={_cell(v)}`" for k, v in (study.get("baseline") or {}).items())
+    baseline = " ".join(f"`{k}={cell(v)}`" for k, v in (study.get("baseline") or {}).items())
     if baseline:
         lines += [f"Baseline: {baseline}" + ("" if with_delta else " (not among this sweep's rows: no Δ columns)")
                   + (f"; data: {study['data']}" if study.get("data") else ""), ""]
@@ -498,7 +498,7 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
     lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for c in configs:
         speed = "-" if c["images_per_s"] is None else f"{c['images_per_s']:.0f}"
-        cells = [*("-" if c[k] is None else _cell(c[k]) for k in keys), _human(c["params"]), _human(c["flops"]),
+        cells = [*("-" if c[k] is None else cell(c[k]) for k in keys), _human(c["params"]), _human(c["flops"]),
                  speed, _acc(c), str(c["n"]), str(c["failed"])]
         cells += _delta_cells(c, design) if with_delta else []
         if with_paper:
@@ -511,17 +511,17 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
         lines += ["", "## Rounds", "", "| round | started | values | seeds | wall time (min) | exit |",
                   "|---|---|---|---|---|---|"]
         for i, r in enumerate(rounds["rounds"], 1):
-            lines.append(f"| {i} | {r['started_at'][:16]} | {', '.join(map(_cell, r['values']))} | "
+            lines.append(f"| {i} | {r['started_at'][:16]} | {', '.join(map(cell, r['values']))} | "
                          f"{_seed_list(r['seeds'])} | {r['wall_time_s'] / 60:.1f} | {r['exit_code']} |")
     for title_, jobs in (("Failed jobs", failed), ("Interrupted jobs", interrupted)):
         lines += ["", f"## {title_}", ""] if jobs else []
         for r in jobs:
-            label = ",".join(f"{k}={_cell(v)}" for k, v in r["overrides"].items())
+            label = ",".join(f"{k}={cell(v)}" for k, v in r["overrides"].items())
             lines.append(f"- job {r['job_num']} (`{label}`, {r['status']}): {r['error']}")
     return "\n".join(lines) + "\n"
 
 
-def _cell(value) -> str:
+def cell(value) -> str:
     return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
 
 
@@ -547,7 +547,7 @@ def write_csv(path: Path, rows: list[dict], keys: list[str] | None = None) -> No
         writer = csv.DictWriter(f, cols, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({**r, **{k: _cell(r["overrides"].get(k)) for k in keys}})
+            writer.writerow({**r, **{k: cell(r["overrides"].get(k)) for k in keys}})
 
 
 def row_from_csv(row: dict) -> dict:
@@ -609,7 +609,7 @@ def plot(out: Path, configs: list[dict], keys: list[str], baseline: dict | None 
         for g, rest in enumerate(groups):
             cs = [c for c in configs if tuple(c[k] for k in others) == rest]
             offset = (g - (len(groups) - 1) / 2) * width
-            label = ", ".join(f"{k}={_cell(v)}" for k, v in zip(others, rest)) or None
+            label = ", ".join(f"{k}={cell(v)}" for k, v in zip(others, rest)) or None
             color = f"C{g}"
             for c in cs:
                 x = ticks.index(c[axis]) + offset
@@ -617,7 +617,7 @@ def plot(out: Path, configs: list[dict], keys: list[str], baseline: dict | None 
                 ax.plot([x] * len(accs), accs, "o", color=color, alpha=0.45, markersize=4)
                 ax.hlines(100 * c["test_acc_mean"], x - width / 2.5, x + width / 2.5, color=color, linewidth=2.5,
                           label=label if c is cs[0] else None)
-        labels = [f"{_cell(t)}\n(baseline)" if axis in baseline and t == baseline[axis] else _cell(t) for t in ticks]
+        labels = [f"{cell(t)}\n(baseline)" if axis in baseline and t == baseline[axis] else cell(t) for t in ticks]
         ax.set(xticks=range(len(ticks)), xticklabels=labels, xlabel=axis,
                ylabel="test top-1 (%): seeds (dots), mean (bar)", title=f"Test top-1 against {axis}")
         if others:
@@ -633,7 +633,7 @@ def plot(out: Path, configs: list[dict], keys: list[str], baseline: dict | None 
             base = bool(c.get("is_baseline"))
             ax.plot(c["flops"], 100 * c["test_acc_mean"], "*" if base else "o", markersize=12 if base else 6,
                     color="C1" if base else "C0", label="baseline" if base else None)
-            label = ", ".join(f"{k.rsplit('.', 1)[-1]}={_cell(c[k])}" for k in keys)
+            label = ", ".join(f"{k.rsplit('.', 1)[-1]}={cell(c[k])}" for k in keys)
             ax.annotate(label, (c["flops"], 100 * c["test_acc_mean"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         flops = [c["flops"] for c in points]
@@ -666,8 +666,8 @@ def plot_forest(out: Path, configs: list[dict], keys: list[str], design: Design)
             ax.plot([c["ci_low"], c["ci_high"]], [y, y], color=color, linewidth=2.5)
         ax.plot(c["delta"], y, "o", color=color, markersize=7)
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([", ".join(f"{k.rsplit('.', 1)[-1]}={_cell(c[k])}" for k in keys)
-                        + f"\n{_verdict(c, design)}, n={c['n_pairs']}" for c in reversed(rows)], fontsize=8)
+    ax.set_yticklabels([", ".join(f"{k.rsplit('.', 1)[-1]}={cell(c[k])}" for k in keys)
+                        + f"\n{verdict_text(c, design)}, n={c['n_pairs']}" for c in reversed(rows)], fontsize=8)
     ax.set(xlabel="Δ test top-1 vs baseline (points), repeated confidence interval",
            title=f"Paired differences, α = {design.alpha:g} family-wise over {design.rows} row(s)")
     ax.legend(fontsize="small", loc="best")

@@ -1,6 +1,7 @@
 """focalnet-study: run a study in rounds of seeds until every row is decided, then report it.
 
     focalnet-study focal_levels --data fashion_mnist [OVERRIDES ...]       (make ablation STUDY=... DATA=...)
+    focalnet-study --table --data fashion_mnist                             (every study's rows in one table)
 
 A study (experiments/<name>/study.yaml) sweeps one key against its baseline. Each round trains the next
 `seeds_per_round` seeds of every undecided row (and of the baseline, where they are missing) as one Hydra multirun
@@ -354,14 +355,40 @@ def run(spec: Spec, dry_run: bool = False, max_rounds: int | None = None) -> int
         rounds += 1
 
 
+def table(data: str, experiments: Path = Path("experiments"), overrides: list[str] | None = None) -> str:
+    """Every study's rows on `data` in one markdown table, from what each study's files and runs hold now: n, Δ, the
+    interval, the verdict, the seeds and the paper's Δ (the README's Results)."""
+    lines = ["| study | setting vs baseline | n | Δ top-1 (pts) | interval (pts) | verdict | paper Δ (pts) |",
+             "|---|---|---|---|---|---|---|"]
+    for path in sorted(experiments.glob("*/study.yaml")):
+        spec = load_spec(path.parent.name, data, overrides, experiments)
+        rows = runs(spec)
+        configs = report.aggregate(rows, keys=[spec.key], settings=[(v,) for v in spec.values])
+        report.compare(configs, [spec.key], {"baseline": {spec.key: spec.baseline}, "paper": spec.paper,
+                                             "design": spec.design})
+        short = spec.key.rsplit(".", 1)[-1]
+        for c in configs:
+            if c["is_baseline"]:
+                continue
+            interval = "-" if c["ci_low"] is None else f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]"
+            delta = "-" if c["delta"] is None else f"{c['delta']:+.2f}"
+            paper = "-" if c.get("paper_delta") is None else f"{c['paper_delta']:+.1f}"
+            lines.append(f"| {spec.name} | {short}={report.cell(c[spec.key])} vs {report.cell(spec.baseline)} | "
+                         f"{c['n_pairs']} | {delta} | {interval} | {report.verdict_text(c, spec.design)} | {paper} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="focalnet-study", description=__doc__.splitlines()[0])
-    parser.add_argument("study", help="a folder name under experiments/ (e.g. focal_levels)")
+    parser.add_argument("study", nargs="?", help="a folder name under experiments/ (e.g. focal_levels); none with "
+                        "--table")
     parser.add_argument("overrides", nargs="*", help="more focalnet-train overrides for every job (part of the "
                         "recipe: runs with other values are other runs)")
     parser.add_argument("--data", default="digits", help="the conf/ablation/ option: data set and budget")
     parser.add_argument("--dry-run", action="store_true", help="report, print the next round's commands, run nothing")
     parser.add_argument("--rounds", type=int, default=None, help="run at most this many rounds now")
+    parser.add_argument("--table", action="store_true", help="print every study's rows on --data in one table "
+                        "(what exists now; runs nothing)")
     parser.add_argument("--experiments", type=Path, default=Path("experiments"),
                         help="the folder of the studies (default: experiments); reports go to <it>/<study>/<data>/")
     args = parser.parse_intermixed_args(argv)
@@ -371,7 +398,12 @@ def main(argv=None) -> None:
     if not (ablation / f"{args.data}.yaml").is_file():
         choices = " ".join(p.stem for p in sorted(ablation.glob("*.yaml")))
         parser.exit(2, f"focalnet-study: no ablation data {args.data!r}; choices: {choices}\n")
+    if bool(args.study) == args.table:
+        parser.exit(2, "focalnet-study: give a study, or --table for all of them\n")
     try:
+        if args.table:
+            print(table(args.data, args.experiments, args.overrides), end="")
+            sys.exit(0)
         spec = load_spec(args.study, args.data, args.overrides, args.experiments)
         code = run(spec, dry_run=args.dry_run, max_rounds=args.rounds)
     except Exception as error:  # a bad study file or override: Hydra's or ours, one line
