@@ -470,6 +470,9 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
         lines += [f"Command: `{commands[0]}`", ""]
     elif commands:  # several folders: each one's command, the first folder's first
         lines += ["Commands:", "", *(f"- `{c}`" for c in commands), ""]
+    if rounds and rounds.get("command"):
+        lines += [f"Study: `{rounds['command']}` (rounds of seeds until each row is decided; the same command resumes "
+                  "it)", ""]
     fixed = fixed_overrides(rows)
     if fixed:
         lines += ["Every job: " + " ".join(f"`{k}={v}`" for k, v in fixed.items()), ""]
@@ -542,12 +545,14 @@ def write_csv(path: Path, rows: list[dict], keys: list[str] | None = None) -> No
     """results.csv: one row per job, with what row_from_csv() needs to pair it again where its folder is not."""
     keys = swept_keys(rows) if keys is None else keys
     cols = ["job_num", "status", *keys, "seed", *STATS, *METRICS, *RECORD, "started_at", "finished_at", "error",
-            "run_dir"]
+            "run_dir", "val_curve"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, cols, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({**r, **{k: cell(r["overrides"].get(k)) for k in keys}})
+            curve = run_curve(r) if r["status"] == "completed" else {}
+            writer.writerow({**r, **{k: cell(r["overrides"].get(k)) for k in keys},
+                             "val_curve": json.dumps([round(curve[e], 4) for e in sorted(curve)]) if curve else ""})
 
 
 def row_from_csv(row: dict) -> dict:
@@ -565,6 +570,7 @@ def row_from_csv(row: dict) -> dict:
             **{k: number(k) for k in (*STATS, *METRICS)}, **{k: row.get(k) or None for k in RECORD},
             "error": row.get("error") or None, "run_dir": row.get("run_dir"), "argv": None, "wandb": None,
             "started_at": row.get("started_at") or None, "finished_at": row.get("finished_at") or None,
+            "val_curve": dict(enumerate(json.loads(row["val_curve"]))) if row.get("val_curve") else {},
             "parts": [{"started_at": row.get("started_at"), "finished_at": row.get("finished_at")}]}
 
 
@@ -685,6 +691,13 @@ def write_plots(out: Path, rows: list[dict], configs: list[dict], keys: list[str
     return paths + [p for p in (forest, curves) if p]
 
 
+def run_curve(row: dict) -> dict[int, float]:
+    """A job's validation curve: as results.csv recorded it (a run made elsewhere), else read from its folder."""
+    if row.get("val_curve") is None:
+        row["val_curve"] = learning_curve(row["run_dir"]) if row.get("run_dir") else {}
+    return row["val_curve"]
+
+
 def learning_curve(run_dir) -> dict[int, float]:
     """{epoch: validation top-1 (%)} from what the job logged: the CSV logger's metrics.csv, else its offline W&B
     runs ({} when neither is there). Should an epoch appear twice (a resumed run), its last value wins."""
@@ -721,7 +734,7 @@ def plot_curves(out: Path, rows: list[dict], configs: list[dict], keys: list[str
     min-max), the baseline thicker; None when no job logged a curve."""
     curves: dict[tuple, list[dict]] = {}
     for r in rows:
-        curve = learning_curve(r["run_dir"]) if r["status"] == "completed" else {}
+        curve = run_curve(r) if r["status"] == "completed" else {}
         if curve:
             curves.setdefault(tuple(r["overrides"].get(k) for k in keys), []).append(curve)
     if not curves:

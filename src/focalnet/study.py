@@ -310,6 +310,7 @@ def write_report(spec: Spec, rows: list[dict], stopped: str | None, state: dict)
              "stopped": stopped, "data": report.read_study(rows)["data"]}
     configs = report.aggregate(rows, keys=[spec.key], settings=[(v,) for v in spec.values])
     report.compare(configs, [spec.key], study)
+    state.update(command=shlex.join(["focalnet-study", spec.name, "--data", spec.data, *spec.overrides]))
     state.update(study=spec.name, data=spec.data, recipe=spec.recipe_id, design=vars(spec.design),
                  budget_hours=spec.budget_hours, spent_hours=round(spent_hours(state), 3), reference=spec.reference)
     lines = report.to_markdown([spec.runs], rows, configs, study, keys=[spec.key],
