@@ -243,6 +243,10 @@ def watch_startup(trainer, summary: dict, timeout: float) -> None:
     procs = lambda: getattr(trainer.strategy.launcher, "procs", None) or []  # noqa: E731 (filled once launched)
 
     def stop(message: str) -> None:
+        # Lightning's child observer would SIGKILL this process at its next 5-s poll, while W&B still closes: exit 1.
+        for thread in threading.enumerate():
+            if type(thread).__name__ == "_ChildProcessObserver":
+                thread._run = lambda: True
         if rank == 0:
             summary.update(status="failed", error=message, finished_at=now())
             write_json(run_dir / "summary.json", summary)

@@ -399,6 +399,9 @@ def main(argv=None) -> None:
     if not (ablation / f"{args.data}.yaml").is_file():
         choices = " ".join(p.stem for p in sorted(ablation.glob("*.yaml")))
         parser.exit(2, f"focalnet-study: no ablation data {args.data!r}; choices: {choices}\n")
+    if args.table and args.study and "=" in args.study:  # an override, not a study: the table takes none
+        args.overrides.insert(0, args.study)
+        args.study = None
     if bool(args.study) == args.table:
         parser.exit(2, "focalnet-study: give a study, or --table for all of them\n")
     try:
