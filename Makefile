@@ -11,7 +11,7 @@ SWEEP  ?=
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint sweep ablation report bench device-check clean
+.PHONY: help install train test lint sweep ablation search-bench report bench device-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,6 +45,23 @@ sweep: $(STAMP)  ## 12-job grid over the card's axes on digits, then its report 
 # on another machine (the committed experiments/<STUDY>/<DATA>/results.csv records every run).
 ablation: $(STAMP)  ## run a study until every row is decided; report in experiments/<STUDY>/<DATA>/: make ablation STUDY=depth DATA=fashion_mnist (ARGS: more overrides, or --dry-run to see the next round)
 	$(BIN)/focalnet-study $(STUDY) --data $(DATA) $(ARGS)
+
+# The same 16-trial search of learning rate x width on digits, pruned by ASHA and not pruned: the epochs each trained,
+# its wall time and its best trial, in docs/search/digits_{asha,optuna}/results.md (README "Searches").
+SEARCHES ?= asha optuna
+SEARCH_BENCH := hydra.sweeper.n_trials=16 'optim.optimizer.lr=tag(log, interval(1e-4, 3e-2))' \
+	'model.hidden_size=choice(16,32,64)' optim.optimizer.weight_decay=0.05 model.drop_path_rate=0.1 \
+	trainer.max_epochs=9 trainer.precision=32-true logger=csv callbacks.progress_bar=null
+search-bench: $(STAMP)  ## a 16-trial lr x width search on digits with ASHA against the same search unpruned (~15 min)
+	@for search in $(SEARCHES); do \
+		rm -rf outputs/search_bench/$$search; mkdir -p outputs/search_bench; start=$$(date +%s); \
+		$(BIN)/focalnet-train hparams_search=$$search $(SEARCH_BENCH) hydra.sweep.dir=outputs/search_bench/$$search \
+			$(ARGS) > outputs/search_bench/$$search.log 2>&1 || exit 1; \
+		echo "hparams_search=$$search: $$(( $$(date +%s) - start )) s for the whole command"; \
+		$(BIN)/focalnet-report outputs/search_bench/$$search --out docs/search/digits_$$search --no-wandb | \
+			grep -E "^(Wall time|Epochs trained in all)"; \
+		grep -h -A4 best_trial outputs/search_bench/$$search/optimization_results.yaml; \
+	done
 
 report: $(STAMP)  ## table and plots of a finished sweep: make report SWEEP=outputs/sweep/<time>
 	$(BIN)/focalnet-report $(SWEEP) $(ARGS)

@@ -133,3 +133,18 @@ def test_a_failing_slurm_job_fails_alone_and_the_command_exits_1(slurm, tmp_path
     assert failed["status"] == "failed" and completed["status"] == "completed"
     assert failed["error"].startswith("model.focal_kernel=4") and failed["parts"][0]["slurm_job_id"]
     assert (job_dir(sweep, 0) / "error.log").is_file() and not (job_dir(sweep, 0) / "checkpoints").exists()
+
+
+def test_a_pruned_search_runs_as_slurm_jobs_against_one_study(slurm, tmp_path):
+    from test_search import SEARCH, State, load_study
+
+    # Trials in batches of 2 (an array of two SLURM jobs), each job reporting into the sweep folder's one study.
+    sweep = tmp_path / "search"
+    result = run_cli("focalnet-train", *SEARCH, *SLURM, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                     "logger=csv", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=slurm, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [read_summary(sweep / str(n)) for n in range(4)]
+    assert [s["status"] for s in summaries] == ["completed", "completed", "pruned", "pruned"]
+    assert len({s["parts"][0]["slurm_job_id"] for s in summaries}) == 4 and all(s["trial"] == n for n, s in
+                                                                                enumerate(summaries))  # fmt: skip
+    assert [t.state for t in load_study(sweep).trials] == [State.COMPLETE, State.COMPLETE, State.PRUNED, State.PRUNED]

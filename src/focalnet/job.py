@@ -2,9 +2,10 @@
 
 A job holds `<run_dir>/.lock` while it runs (job_lock); resume=auto skips a completed job or points it at its
 last.ckpt (resume_state, apply_resume). run_job writes summary.json atomically at each change of status ("running",
-then "completed", "failed" or "interrupted"), records each part of a run that was interrupted and continued, and
-requeues a SLURM job warned of preemption. watch_startup bounds the start-up of a multi-process run; a resumed run
-continues the W&B run that wrote its checkpoint (continue_wandb_run); finish closes W&B and the process group.
+then "completed", "pruned", "failed" or "interrupted"), records each part of a run that was interrupted and
+continued, and requeues a SLURM job warned of preemption. watch_startup bounds the start-up of a multi-process run;
+a resumed run continues the W&B run that wrote its checkpoint (continue_wandb_run); finish closes W&B and the
+process group.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from focalnet.runinfo import FAILED, git_info, job_info, machine, now, one_line,
 
 
 def resume_state(run_dir: Path) -> tuple[str, dict | None]:
-    """resume=auto's rule: completed -> "skip"; a checkpoints/last.ckpt and not failed -> "resume"; else "scratch"."""
+    """resume=auto's rule: completed or pruned -> "skip"; a checkpoints/last.ckpt and not failed -> "resume"; else
+    "scratch"."""
     try:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
         summary = None
     status = summary.get("status") if isinstance(summary, dict) else None
-    if status == "completed":
+    if status in ("completed", "pruned"):
         return "skip", summary
     if status != "failed" and (run_dir / "checkpoints" / "last.ckpt").is_file():
         return "resume", summary
@@ -48,7 +50,7 @@ def apply_resume(cfg: DictConfig, run_dir: Path) -> dict | None:
         return None  # null, or a bad value that the job then fails on (focalnet.schema)
     state, summary = resume_state(run_dir)
     if state == "skip":
-        print(f"resume=auto: {run_dir} completed earlier, skipped", flush=True)
+        print(f"resume=auto: {run_dir} {summary['status']} earlier, skipped", flush=True)
         return summary
     if state == "resume" and not cfg.ckpt_path:
         cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
@@ -112,7 +114,8 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
     requeue = None
     try:
         body(cfg, summary)
-        summary["status"] = "completed"
+        # Pruned: an Optuna search stopped it early (focalnet.search), a normal end, not a failure.
+        summary["status"] = "pruned" if summary.get("pruned_at_epoch") is not None else "completed"
     except Exception as error:
         summary.update(status="failed", error=one_line(error))
         if rank_zero:
@@ -146,7 +149,7 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
         total = sum(p.get("wall_time_s") or 0 for p in summary["parts"])
         summary.update(wall_time_s=round(total, 3), finished_at=now())
         save()
-        finish(failed=summary["status"] != "completed")
+        finish(failed=summary["status"] not in ("completed", "pruned"))
         os.environ.clear()
         os.environ.update(env)  # Lightning and W&B set MASTER_PORT, WANDB_MODE, PL_GLOBAL_SEED, ...
         sys.argv[:] = argv
@@ -242,11 +245,20 @@ def watch_startup(trainer, summary: dict, timeout: float) -> None:
     rank, parent, run_dir = rank_zero_only.rank, os.getppid(), Path(summary["run_dir"])
     procs = lambda: getattr(trainer.strategy.launcher, "procs", None) or []  # noqa: E731 (filled once launched)
 
+    def observers() -> list:
+        return [t for t in threading.enumerate() if type(t).__name__ == "_ChildProcessObserver"]
+
+    def hold_observers() -> None:
+        # Until the group forms this watch owns a rank's failure: Lightning's child observer, polling every 5 s, would
+        # SIGKILL rank 0 (-9, nothing recorded) if its poll fell between a rank's exit and this watch's next look.
+        for thread in observers():
+            if not getattr(thread, "held_by_focalnet", False):
+                run, thread.held_by_focalnet = thread._run, True
+                thread._run = lambda run=run: dist.is_initialized() and run()
+
     def stop(message: str) -> None:
-        # Lightning's child observer would SIGKILL this process at its next 5-s poll, while W&B still closes: exit 1.
-        for thread in threading.enumerate():
-            if type(thread).__name__ == "_ChildProcessObserver":
-                thread._run = lambda: True
+        for thread in observers():  # nor at its next poll, while W&B still closes: exit 1
+            thread._run = lambda: True
         if rank == 0:
             summary.update(status="failed", error=message, finished_at=now())
             write_json(run_dir / "summary.json", summary)
@@ -260,6 +272,7 @@ def watch_startup(trainer, summary: dict, timeout: float) -> None:
     def watch() -> None:
         deadline = time.monotonic() + timeout
         while not (dist.is_available() and dist.is_initialized()):
+            hold_observers()
             for k, proc in enumerate(procs(), 1):
                 if proc.poll() is not None:
                     log_file = run_dir / f"error-rank{k}.log"

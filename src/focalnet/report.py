@@ -33,7 +33,7 @@ from focalnet.sequential import PENDING, Design, decide, seeds_to_decide
 
 METRICS = ("test/acc_top1", "val/acc_top1")
 # Statuses that are not failures: an interrupted job resumes where it stopped (resume=auto, a SLURM requeue).
-NOT_FAILED = ("completed", "running", "interrupted")
+NOT_FAILED = ("completed", "pruned", "running", "interrupted")
 STATS = ("params", "flops", "train_images_per_s", "wall_time_s", "time_to_first_step_s")
 # What compare() adds to a configuration: its paired difference to the baseline (test top-1, percentage points).
 PAIRED = ("n_pairs", "delta", "sd", "ci_low", "ci_high", "verdict", "why", "seeds_needed")
@@ -122,6 +122,8 @@ def collect(*sweep_dirs) -> list[dict]:
         exclude = (((hydra.get("job") or {}).get("config") or {}).get("override_dirname") or {}).get("exclude_keys")
         for k in exclude or ():
             r["overrides"].pop(k, None)
+        for k in [k for k in r["overrides"] if k.startswith("search.")]:  # a trial's place in its search
+            r["overrides"].pop(k)
     keys = {k: None for r in rows for k in r["overrides"]}
     for r in rows:
         for k in keys:
@@ -146,7 +148,8 @@ def collect_folder(root: Path) -> list[dict]:
                      "seed": s.get("seed", overrides.get("seed")), **{k: s.get(k) for k in STATS},
                      **{k: metrics.get(k) for k in METRICS}, "error": s.get("error"), "run_dir": str(path.parent),
                      "wandb": s.get("wandb"), "argv": s.get("argv"), "started_at": s.get("started_at"),
-                     "finished_at": s.get("finished_at"), "precision": s.get("precision"),
+                     "finished_at": s.get("finished_at"), "precision": s.get("precision"), "trial": s.get("trial"),
+                     "pruned_at_epoch": s.get("pruned_at_epoch"),
                      "torch": (s.get("versions") or {}).get("torch"), "cpu": (s.get("machine") or {}).get("cpu"),
                      "parts": s.get("parts") or [{k: s.get(k) for k in ("started_at", "finished_at")}]})
     for hydra_dir in root.rglob(".hydra"):
@@ -419,7 +422,7 @@ def _how_to_read(with_delta: bool, paper: dict | None, design: Design | None = N
 
 def _wall_time(rows: list[dict]) -> str | None:
     """The study's wall time (first job's start to last job's end) and what its jobs took one by one. A study that
-    was stopped and resumed (its jobs' `parts`) counts the time jobs ran, not the pause."""
+    was stopped and resumed (its jobs' `parts`) counts the time jobs ran, not the pause (a gap over a minute)."""
     from datetime import datetime
 
     parts = [[(datetime.fromisoformat(p["started_at"]), datetime.fromisoformat(p["finished_at"]))
@@ -429,7 +432,8 @@ def _wall_time(rows: list[dict]) -> str | None:
         return None
     stretches = [list(times[0])]  # the union of the parts: when at least one job ran
     for start, end in times[1:]:
-        if start > stretches[-1][1]:
+        # A gap under a minute is the next job of the same command starting (one after another), not a pause.
+        if (start - stretches[-1][1]).total_seconds() > 60:
             stretches.append([start, end])
         else:
             stretches[-1][1] = max(stretches[-1][1], end)
@@ -456,7 +460,7 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
     failed = [r for r in rows if r["status"] not in counts]
     interrupted = [r for r in rows if r["status"] == "interrupted"]
     head = f"jobs: {len(rows)}, completed: {counts['completed']}, failed: {len(failed)}"
-    head += "".join(f", {s}: {counts[s]}" for s in ("running", "interrupted") if counts[s])
+    head += "".join(f", {s}: {counts[s]}" for s in ("pruned", "running", "interrupted") if counts[s])
     with_delta = any(c.get("is_baseline") for c in configs)
     with_paper = any(c.get("paper_top1") is not None for c in configs)
     design = study_design(study, sum(c.get("n_pairs") is not None for c in configs)) if with_delta else None
@@ -516,6 +520,7 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
         for i, r in enumerate(rounds["rounds"], 1):
             lines.append(f"| {i} | {r['started_at'][:16]} | {', '.join(map(cell, r['values']))} | "
                          f"{_seed_list(r['seeds'])} | {r['wall_time_s'] / 60:.1f} | {r['exit_code']} |")
+    lines += trials_markdown(rows)
     for title_, jobs in (("Failed jobs", failed), ("Interrupted jobs", interrupted)):
         lines += ["", f"## {title_}", ""] if jobs else []
         for r in jobs:
@@ -544,8 +549,9 @@ def _machines(rows: list[dict]) -> str | None:
 def write_csv(path: Path, rows: list[dict], keys: list[str] | None = None) -> None:
     """results.csv: one row per job, with what row_from_csv() needs to pair it again where its folder is not."""
     keys = swept_keys(rows) if keys is None else keys
-    cols = ["job_num", "status", *keys, "seed", *STATS, *METRICS, *RECORD, "started_at", "finished_at", "error",
-            "run_dir", "val_curve"]
+    search = ["trial", "pruned_at_epoch"] if any(r.get("trial") is not None for r in rows) else []
+    cols = ["job_num", "status", *search, *keys, "seed", *STATS, *METRICS, *RECORD, "started_at", "finished_at",
+            "error", "run_dir", "val_curve"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, cols, extrasaction="ignore")
         writer.writeheader()
@@ -688,7 +694,73 @@ def write_plots(out: Path, rows: list[dict], configs: list[dict], keys: list[str
     compared = sum(c.get("n_pairs") is not None for c in configs)
     forest = plot_forest(out, configs, keys, study_design(study, compared)) if compared else None
     curves = plot_curves(out, rows, configs, keys)
-    return paths + [p for p in (forest, curves) if p]
+    return paths + [p for p in (forest, curves) if p] + plot_search(out, rows)
+
+
+def trials_markdown(rows: list[dict]) -> list[str]:
+    """The "Trials" section of an Optuna search's report (jobs with a trial number, focalnet.search): each trial's
+    parameters, how it ended, the epochs it trained and its last validation top-1, the best trial marked; and the
+    epochs the pruner saved."""
+    trials = sorted((r for r in rows if r.get("trial") is not None), key=lambda r: r["trial"])
+    if not trials:
+        return []
+    keys = swept_keys(trials)
+    best = _best_trial(trials)
+    cols = ["trial", *keys, "state", "epochs trained", "val top-1 (%)", "best"]
+    lines = ["", "## Trials", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    trained = planned = 0
+    for r in trials:
+        epochs, total = len(run_curve(r)), _composed(r["job_config"], "trainer.max_epochs")
+        trained, planned = trained + epochs, planned + (total or epochs)
+        stopped = f"{epochs} of {total}" if total and epochs < total else str(epochs)
+        value = "-" if r["val/acc_top1"] is None else f"{100 * r['val/acc_top1']:.2f}"
+        state = {"completed": "complete"}.get(r["status"], r["status"])
+        lines.append(f"| {r['trial']} | " + " | ".join(cell(r["overrides"].get(k)) for k in keys)
+                     + f" | {state} | {stopped} | {value} | {'best' if r['trial'] == best else ''} |")
+    lines += ["", f"Epochs trained in all: {trained} of the {planned} the trials would have trained whole"
+                  + (f" ({100 * (1 - trained / planned):.0f}% saved by pruning)" if planned else "")]
+    return lines
+
+
+def _best_trial(trials: list[dict]) -> int | None:
+    """The best trial as the search recorded it (<sweep>/optimization_results.yaml, focalnet.search)."""
+    return _load_yaml(Path(trials[0]["run_dir"]).parent / "optimization_results.yaml").get("best_trial")
+
+
+def plot_search(out: Path, rows: list[dict]) -> list[Path]:
+    """search.png (every trial's validation curve, the pruned ones dashed and cut with an x, the best thick) and
+    Optuna's optimization_history.png and param_importances.png, where Optuna can draw them; [] without trials."""
+    trials = sorted((r for r in rows if r.get("trial") is not None), key=lambda r: r["trial"])
+    curves = {r["trial"]: run_curve(r) for r in trials}
+    if not any(curves.values()):
+        return []
+    plt = _pyplot()
+    best = _best_trial(trials)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in trials:
+        curve = curves[r["trial"]]
+        if not curve:
+            continue
+        x, y = [e + 1 for e in sorted(curve)], [curve[e] for e in sorted(curve)]
+        pruned = r["status"] == "pruned"
+        (line,) = ax.plot(x, y, linestyle="--" if pruned else "-", linewidth=3 if r["trial"] == best else 1.2,
+                          alpha=0.6 if pruned else 1.0, label=f"trial {r['trial']}" if r["trial"] == best else None)
+        if pruned:
+            ax.plot(x[-1:], y[-1:], marker="x", color=line.get_color(), markersize=8)
+    ax.set(xlabel="epochs trained", ylabel="validation top-1 (%)",
+           title="trials (dashed, x: pruned)" + (f"; best: trial {best}" if best is not None else ""))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    paths = [_save(fig, out / "search.png")]
+    storage = next((_composed(r["job_config"], "search.storage") for r in trials), None)
+    name = next((_composed(r["job_config"], "search.study_name") for r in trials), None)
+    if storage and name:
+        from focalnet.search import plot_study
+
+        paths += plot_study(storage, name, out)
+    return paths
 
 
 def run_curve(row: dict) -> dict[int, float]:

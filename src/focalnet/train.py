@@ -88,6 +88,13 @@ def train(cfg: DictConfig, summary: dict) -> None:
     trainer = build_trainer(cfg, summary)
     summary["world_size"] = trainer.world_size
     trainer.callbacks.append(FirstStepTimer(summary, started))
+    pruning = None
+    if (cfg.get("search") or {}).get("trial") is not None:  # a trial of an Optuna search (hparams_search=...)
+        from focalnet.search import TrialPruning
+
+        pruning = TrialPruning(cfg.search, cfg.optimized_metric)
+        trainer.callbacks.append(pruning)
+        summary["trial"] = int(cfg.search.trial)
     for logger in trainer.loggers:
         logger.log_hyperparams({**resolved, **stats, "git": summary["git"], "command": summary["argv"]})
     summary["resumed_from"] = ckpt_path
@@ -110,9 +117,16 @@ def train(cfg: DictConfig, summary: dict) -> None:
         epoch = torch.load(best, map_location="cpu", mmap=True, weights_only=True)["epoch"]
         summary["best"] = {"val/acc_top1": trainer.checkpoint_callback.best_model_score.item(), "epoch": epoch}
         summary["best_ckpt"] = best
-    if cfg.test:
+    if pruning and pruning.pruned_at is not None:  # its search has dropped it: no test of a trial it will not pick
+        summary["pruned_at_epoch"] = pruning.pruned_at
+    elif cfg.test:
         metrics.update(trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)[0])
     summary["metrics"] = metrics
+    if pruning:
+        for logger in trainer.loggers:  # the W&B run says how its trial ended
+            if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+                logger.experiment.summary.update({"trial": summary["trial"], "trial_state":
+                                                  "pruned" if pruning.pruned_at is not None else "complete"})
     if trainer.is_global_zero:
         report(summary, trainer)
 

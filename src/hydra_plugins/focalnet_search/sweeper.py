@@ -1,0 +1,24 @@
+"""Hydra finds sweepers only under hydra_plugins: this is focalnet.search.OptunaSearch under that name.
+
+The import waits for the sweep itself, so that every other Hydra command (which imports all plugins) does not pay for
+optuna's import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.plugins.sweeper import Sweeper
+
+
+class FocalnetOptunaSweeper(Sweeper):
+    def __init__(self, **options: Any) -> None:
+        from focalnet.search import OptunaSearch
+
+        self.search = OptunaSearch(**options)
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.search.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> None:
+        return self.search.sweep(arguments)

@@ -1,0 +1,181 @@
+"""Optuna searches that stop bad trials early (hparams_search=median/asha/hyperband, focalnet.search): pruned trials
+recorded as pruned, one study shared by parallel workers, resume after SIGTERM, DDP trials, the report, bad input.
+(A search on SLURM: tests/test_slurm.py.)"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import BIN, TINY, read_summary, run_cli
+from test_train import wandb_records
+
+optuna = pytest.importorskip("optuna", reason="no optuna (extra: optuna)")
+
+# lr is 0.005 or 1e-9 (no training at all). The sampler (TPE, seed 0; its first trials are random) draws 1e-9, 0.005,
+# 1e-9, 1e-9, 0.005 for trials 0-4. Trial 0 sets the median rule going (n_startup_trials=1); from then on a trial whose
+# validation top-1 after an epoch is below the median of the finished trials' at that epoch stops: trials 2 and 3,
+# at chance after their first epoch, are pruned; 0.005 is well above it (37, 66, 78% on the way). fp32 on every host.
+SEARCH = (
+    "hparams_search=median",
+    "search.pruner.n_startup_trials=1",
+    "search.pruner.n_warmup_steps=0",
+    "optim.optimizer.lr=choice(0.005,1e-9)",
+    "optim.optimizer.weight_decay=0.05",
+    "model.drop_path_rate=0",
+    "optim.warmup_epochs=0.5",
+    "trainer.max_epochs=3",
+    "trainer.limit_test_batches=1",
+    "trainer.precision=32-true",
+    "data.batch_size=16",
+    "model.hidden_size=32",
+    "model.num_layers=2",
+    "callbacks.progress_bar=null",
+)
+State = optuna.trial.TrialState
+
+
+def load_study(sweep: Path):
+    return optuna.load_study(study_name="focalnet", storage=f"sqlite:///{sweep / 'optuna.db'}")
+
+
+def files(folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Bytes and mtime of every file of a trial's folder, .hydra/ included: a finished trial is not launched again."""
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file()}
+
+
+def test_parallel_workers_share_one_study_and_bad_trials_are_pruned_and_reported(tmp_path):
+    sweep = tmp_path / "search"
+    result = run_cli("focalnet-train", *SEARCH, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                     "hydra/launcher=parallel", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [read_summary(sweep / str(n)) for n in range(4)]  # a trial's folder is its number
+    assert [s["status"] for s in summaries] == ["completed", "completed", "pruned", "pruned"]
+    assert [s["trial"] for s in summaries] == [0, 1, 2, 3]
+    assert [s["overrides"]["optim.optimizer.lr"] for s in summaries] == [1e-9, 0.005, 1e-9, 1e-9]
+    assert [s.get("pruned_at_epoch") for s in summaries] == [None, None, 0, 0] and not summaries[2]["error"]
+    # Two workers side by side: trials 0 and 1 overlapped, and so did 2 and 3, each process writing into the one study.
+    for a, b in ((0, 1), (2, 3)):
+        assert summaries[b]["started_at"] < summaries[a]["finished_at"] and summaries[a]["pid"] != summaries[b]["pid"]
+    study = load_study(sweep)
+    assert [t.state for t in study.trials] == [State.COMPLETE, State.COMPLETE, State.PRUNED, State.PRUNED]
+    steps = [sorted(t.intermediate_values) for t in study.trials]  # a step: the epochs trained
+    assert steps == [[1, 2, 3], [1, 2, 3], [1], [1]]
+    assert study.trials[1].value == summaries[1]["metrics"]["val/acc_top1"] > summaries[0]["metrics"]["val/acc_top1"]
+    # A pruned trial keeps its checkpoint and its curve, skips the test, and its W&B run says how it ended.
+    for n in (2, 3):
+        checkpoint = torch.load(sweep / str(n) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        whole = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        assert checkpoint["epoch"] == 0 and 3 * checkpoint["global_step"] == whole["global_step"]
+        assert "val/acc_top1" in summaries[n]["metrics"] and "test/acc_top1" not in summaries[n]["metrics"]
+    for n, state in ((1, "complete"), (2, "pruned")):
+        updates = [r["summary"]["update"] for r in wandb_records(sweep / str(n)) if r.get("type") == "summary"]
+        assert {"trial": n, "trial_state": state} in updates, updates
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert best["best_trial"] == 1 and best["trials"]["complete"] == 2 and best["trials"]["pruned"] == 2
+
+    report = run_cli("focalnet-report", str(sweep), "--no-wandb", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    markdown = (sweep / "results.md").read_text()
+    assert "jobs: 4, completed: 2, failed: 0, pruned: 2" in markdown
+    trials = markdown.split("## Trials")[1].strip().splitlines()
+    assert trials[0] == "| trial | optim.optimizer.lr | state | epochs trained | val top-1 (%) | best |"
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in trials[2:6]]
+    assert [(r[0], r[1], r[2], r[3], r[5]) for r in rows] == [
+        ("0", "1e-09", "complete", "3", ""), ("1", "0.005", "complete", "3", "best"),
+        ("2", "1e-09", "pruned", "1 of 3", ""), ("3", "1e-09", "pruned", "1 of 3", "")]  # fmt: skip
+    assert [float(r[4]) for r in rows] == [round(100 * s["metrics"]["val/acc_top1"], 2) for s in summaries]
+    assert "Epochs trained in all: 8 of the 12 the trials would have trained whole (33% saved by pruning)" in markdown
+    with open(sweep / "results.csv", newline="") as f:
+        jobs = list(csv.DictReader(f))
+    assert [(j["trial"], j["status"], j["pruned_at_epoch"]) for j in jobs] == [
+        ("0", "completed", ""), ("1", "completed", ""), ("2", "pruned", "0"), ("3", "pruned", "0")]  # fmt: skip
+    assert "search.trial" not in jobs[0]  # where a trial sits in its search is not a setting
+    for figure in ("search", "optimization_history", "param_importances"):
+        assert (sweep / f"{figure}.png").stat().st_size > 1000, figure
+
+
+def test_a_search_stopped_by_sigterm_resumes_without_running_a_trial_twice(tmp_path):
+    sweep = tmp_path / "search"
+    command = [*SEARCH, "hydra.sweeper.n_trials=5", "logger=csv", f"hydra.sweep.dir={sweep}"]
+    env = dict(os.environ, WANDB_MODE="offline")
+    env.pop("HYDRA_FULL_ERROR", None)
+    process = subprocess.Popen([str(BIN / "focalnet-train"), *command], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not (sweep / "4" / "checkpoints" / "last.ckpt").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # trial 4 (lr 0.005) in its second epoch; 0, 1 finished, 2, 3 pruned
+    assert process.wait(timeout=120) == 143
+    assert [t.state for t in load_study(sweep).trials] == [State.COMPLETE, State.COMPLETE, State.PRUNED,
+                                                            State.PRUNED, State.RUNNING]  # fmt: skip
+    assert read_summary(sweep / "4")["status"] == "interrupted"
+    before = {n: files(sweep / str(n)) for n in range(4)}
+
+    result = run_cli("focalnet-train", *command, "resume=auto", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "5 trial(s) so far, 1 left running continue first" in result.stdout + result.stderr
+    study = load_study(sweep)
+    assert [t.state for t in study.trials] == [State.COMPLETE, State.COMPLETE, State.PRUNED, State.PRUNED,
+                                               State.COMPLETE]  # no sixth trial  # fmt: skip
+    assert {n: files(sweep / str(n)) for n in range(4)} == before  # finished and pruned: not a byte touched
+    resumed = read_summary(sweep / "4")
+    assert resumed["status"] == "completed"
+    assert resumed["resumed_from"] == str(sweep / "4" / "checkpoints" / "last.ckpt")
+    assert [p["status"] for p in resumed["parts"]] == ["interrupted", "completed"]
+    assert sorted(study.trials[4].intermediate_values) == [1, 2, 3]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3", "4"]
+
+
+def test_a_pruned_ddp_trial_stops_on_every_rank(tmp_path):
+    # Any trial below 50% after its first epoch stops (Optuna's ThresholdPruner): this one, after 2 batches.
+    sweep = tmp_path / "search"
+    result = run_cli("focalnet-train", "hparams_search=optuna", "hydra.sweeper.n_trials=1", "trainer=ddp_cpu",
+                     "+search.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 0.5}", *TINY,
+                     "trainer.max_epochs=3", "trainer.precision=32-true", "logger=csv", f"hydra.sweep.dir={sweep}",
+                     cwd=tmp_path, timeout=240)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(sweep / "0")
+    assert summary["status"] == "pruned" and summary["pruned_at_epoch"] == 0 and summary["world_size"] == 2
+    # Both ranks stopped after epoch 0: had one trained on, the other's next collective would hang or fail the run.
+    checkpoint = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert checkpoint["epoch"] == 0 and checkpoint["global_step"] == 2
+    (trial,) = load_study(sweep).trials
+    assert trial.state == State.PRUNED and list(trial.intermediate_values) == [1]  # rank 0 alone reported
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        (["search.pruner._target_=optuna.pruners.Nope"],
+         "search.pruner._target_=optuna.pruners.Nope: no such class (an Optuna pruner, e.g. "
+         "optuna.pruners.MedianPruner)"),
+        (["search.pruner._target_=torch.nn.Identity"],
+         "search.pruner._target_=torch.nn.Identity is not an Optuna pruner (optuna.pruners.*)"),
+        (["optimized_metric=train/loss"],
+         "optimized_metric=train/loss: a pruner judges a metric reported after every validation, so it must be a val/ "
+         "metric (e.g. val/acc_top1)"),
+        (["hydra.sweeper.storage=sqlite:////proc/nowhere/optuna.db"],
+         "hydra.sweeper.storage=sqlite:////proc/nowhere/optuna.db: its folder cannot be made (No such file or "
+         "directory)"),
+        (["optimized_metric=val/nope"],  # reaches the job: its trial fails, the command exits 1
+         "optimized_metric=val/nope is not logged at validation, so the pruner has nothing to judge (logged: "
+         "val/acc_top1, val/acc_top5, val/loss)"),
+    ],
+)  # fmt: skip
+def test_bad_search_input_fails_in_one_line(tmp_path, overrides, error):
+    result = run_cli("focalnet-train", "hparams_search=asha", "hydra.sweeper.n_trials=1", *TINY, "logger=none",
+                     *overrides, "hydra.sweep.dir=search", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [f"error: {error}"]
+    if "val/nope" not in error:  # refused before any trial
+        assert not [p for p in (tmp_path / "search").glob("*") if p.is_dir()]
