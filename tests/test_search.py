@@ -179,3 +179,13 @@ def test_bad_search_input_fails_in_one_line(tmp_path, overrides, error):
     assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [f"error: {error}"]
     if "val/nope" not in error:  # refused before any trial
         assert not [p for p in (tmp_path / "search").glob("*") if p.is_dir()]
+
+
+@pytest.mark.parametrize("search", ["hyperband", "asha", "median"])
+def test_each_pruned_search_config_runs_a_trial(tmp_path, search):
+    # The pruner is made again in the job, from its resolved config (hyperband's max_resource: trainer.max_epochs).
+    result = run_cli("focalnet-train", f"hparams_search={search}", "hydra.sweeper.n_trials=1", *TINY, "logger=none",
+                     "hydra.sweep.dir=search", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (trial,) = load_study(tmp_path / "search").trials
+    assert trial.state == State.COMPLETE and list(trial.intermediate_values) == [1]

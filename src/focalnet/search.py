@@ -34,9 +34,8 @@ State = optuna.trial.TrialState
 TOLD = {"completed": State.COMPLETE, "pruned": State.PRUNED, "failed": State.FAIL}
 
 
-def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner | None:
+def make_pruner(spec, metric) -> optuna.pruners.BasePruner | None:
     """The study's pruner from `search.pruner` (null: none), checked against `optimized_metric`, in one-line errors."""
-    spec = cfg.search.get("pruner")
     if spec is None:
         return None
     target = spec.get("_target_") if isinstance(spec, DictConfig) else spec
@@ -49,7 +48,6 @@ def make_pruner(cfg: DictConfig) -> optuna.pruners.BasePruner | None:
         raise ValueError(f"search.pruner: {target} cannot be made ({one_line(error.__cause__ or error)})") from None
     if not isinstance(pruner, optuna.pruners.BasePruner):
         raise ValueError(f"search.pruner._target_={target} is not an Optuna pruner (optuna.pruners.*)")
-    metric = cfg.get("optimized_metric")
     if not (isinstance(metric, str) and metric.startswith("val/")):
         raise ValueError(f"optimized_metric={'null' if metric is None else metric}: a pruner judges a metric reported "
                          "after every validation, so it must be a val/ metric (e.g. val/acc_top1)")  # fmt: skip
@@ -67,7 +65,7 @@ class OptunaSearch(OptunaSweeperImpl):
             space.pop(name, None)
         if "search" not in cfg:
             raise ValueError("hydra/sweeper=focalnet_optuna needs the search: block of an hparams_search config")
-        make_pruner(cfg)  # its errors now, before any job
+        make_pruner(cfg.search.get("pruner"), cfg.get("optimized_metric"))  # its errors now, before any job
         if isinstance(self.storage, str) and self.storage.startswith("sqlite:///"):
             # The jobs run elsewhere (SLURM, another working directory): an absolute path, its folder made here.
             path = Path(self.storage.removeprefix("sqlite:///")).absolute()
@@ -162,8 +160,7 @@ class TrialPruning(Callback):
         study_id = storage.get_study_id_from_name(self.search.study_name)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(self.search.trial))
         study = optuna.load_study(study_name=self.search.study_name, storage=storage,
-                                  pruner=make_pruner(OmegaConf.create({"search": self.search,
-                                                                       "optimized_metric": self.monitor}))
+                                  pruner=make_pruner(self.search.get("pruner"), self.monitor)
                                   or optuna.pruners.NopPruner())
         self.trial = optuna.trial.Trial(study, trial_id)
 

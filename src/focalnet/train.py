@@ -92,7 +92,8 @@ def train(cfg: DictConfig, summary: dict) -> None:
     if (cfg.get("search") or {}).get("trial") is not None:  # a trial of an Optuna search (hparams_search=...)
         from focalnet.search import TrialPruning
 
-        pruning = TrialPruning(cfg.search, cfg.optimized_metric)
+        # Resolved here: the pruner's settings may point elsewhere in the config (max_resource: trainer.max_epochs).
+        pruning = TrialPruning(OmegaConf.create(OmegaConf.to_container(cfg.search, resolve=True)), cfg.optimized_metric)
         trainer.callbacks.append(pruning)
         summary["trial"] = int(cfg.search.trial)
     for logger in trainer.loggers:
