@@ -154,16 +154,40 @@ def test_a_pruned_ddp_trial_stops_on_every_rank(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("overrides", "error"),
+    ("spec", "metric", "error"),
     [
-        (["search.pruner._target_=optuna.pruners.Nope"],
+        ({"_target_": "optuna.pruners.Nope"}, "val/acc_top1",
          "search.pruner._target_=optuna.pruners.Nope: no such class (an Optuna pruner, e.g. "
          "optuna.pruners.MedianPruner)"),
-        (["search.pruner._target_=torch.nn.Identity"],
+        ({"_target_": "torch.nn.Identity"}, "val/acc_top1",
          "search.pruner._target_=torch.nn.Identity is not an Optuna pruner (optuna.pruners.*)"),
-        (["optimized_metric=train/loss"],
+        ({"_target_": "optuna.pruners.MedianPruner", "nope": 1}, "val/acc_top1",
+         "search.pruner: optuna.pruners.MedianPruner cannot be made (MedianPruner.__init__() got an unexpected keyword "
+         "argument 'nope')"),
+        ({"_target_": "optuna.pruners.MedianPruner"}, "train/loss",
          "optimized_metric=train/loss: a pruner judges a metric reported after every validation, so it must be a val/ "
          "metric (e.g. val/acc_top1)"),
+        ({"_target_": "optuna.pruners.MedianPruner"}, None,
+         "optimized_metric=null: a pruner judges a metric reported after every validation, so it must be a val/ "
+         "metric (e.g. val/acc_top1)"),
+    ],
+)  # fmt: skip
+def test_a_bad_pruner_is_named_in_one_line(spec, metric, error):
+    from omegaconf import OmegaConf
+
+    from focalnet.search import make_pruner
+
+    with pytest.raises(ValueError) as raised:
+        make_pruner(OmegaConf.create(spec), metric)
+    assert str(raised.value) == error
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        (["search.pruner._target_=optuna.pruners.Nope"],  # as above, in a search: before any trial
+         "search.pruner._target_=optuna.pruners.Nope: no such class (an Optuna pruner, e.g. "
+         "optuna.pruners.MedianPruner)"),
         (["hydra.sweeper.storage=sqlite:////proc/nowhere/optuna.db"],
          "hydra.sweeper.storage=sqlite:////proc/nowhere/optuna.db: its folder cannot be made (No such file or "
          "directory)"),
@@ -179,9 +203,11 @@ def test_bad_search_input_fails_in_one_line(tmp_path, overrides, error):
     assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [f"error: {error}"]
     if "val/nope" not in error:  # refused before any trial
         assert not [p for p in (tmp_path / "search").glob("*") if p.is_dir()]
+    else:
+        assert [t.state for t in load_study(tmp_path / "search").trials] == [State.FAIL]
 
 
-@pytest.mark.parametrize("search", ["hyperband", "asha", "median"])
+@pytest.mark.parametrize("search", ["hyperband", "asha"])  # median: the tests above
 def test_each_pruned_search_config_runs_a_trial(tmp_path, search):
     # The pruner is made again in the job, from its resolved config (hyperband's max_resource: trainer.max_epochs).
     result = run_cli("focalnet-train", f"hparams_search={search}", "hydra.sweeper.n_trials=1", *TINY, "logger=none",
