@@ -11,7 +11,6 @@ process group.
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import sys
@@ -24,20 +23,21 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from focalnet.runinfo import FAILED, git_info, job_info, machine, now, one_line, versions, write_json
+from focalnet.record import NotARecord, Status, read_record, write_record
+from focalnet.runinfo import FAILED, git_info, job_info, machine, now, one_line, versions
 
 
 def resume_state(run_dir: Path) -> tuple[str, dict | None]:
     """resume=auto's rule: completed or pruned -> "skip"; a checkpoints/last.ckpt and not failed -> "resume"; else
     "scratch"."""
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        summary = None
-    status = summary.get("status") if isinstance(summary, dict) else None
-    if status in ("completed", "pruned"):
+        record = read_record(run_dir / "summary.json")
+        status, summary = record.status, record.model_dump(mode="json", exclude_unset=True)
+    except NotARecord:
+        status, summary = None, None
+    if status is not None and status.ended_well:
         return "skip", summary
-    if status != "failed" and (run_dir / "checkpoints" / "last.ckpt").is_file():
+    if status != Status.FAILED and (run_dir / "checkpoints" / "last.ckpt").is_file():
         return "resume", summary
     return "scratch", summary
 
@@ -94,7 +94,7 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
     info = job_info(app)
     run_dir = Path(info["run_dir"])
     rank_zero = rank_zero_only.rank == 0
-    summary: dict[str, Any] = {"status": "running", "error": None, "task": cfg.get("task_name"), **info}
+    summary: dict[str, Any] = {"status": Status.RUNNING, "error": None, "task": cfg.get("task_name"), **info}
     summary["seed"] = cfg.get("seed")
     summary.update(git=git_info(run_dir=run_dir if rank_zero else None), versions=versions(), machine=machine(),
                    started_at=now(), finished_at=None)
@@ -107,7 +107,7 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
 
     def save() -> None:
         if rank_zero:
-            write_json(run_dir / "summary.json", summary)
+            write_record(run_dir, summary)
 
     save()
     env, argv, start = dict(os.environ), list(sys.argv), time.perf_counter()
@@ -115,9 +115,9 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
     try:
         body(cfg, summary)
         # Pruned: an Optuna search stopped it early (focalnet.search), a normal end, not a failure.
-        summary["status"] = "pruned" if summary.get("pruned_at_epoch") is not None else "completed"
+        summary["status"] = Status.PRUNED if summary.get("pruned_at_epoch") is not None else Status.COMPLETED
     except Exception as error:
-        summary.update(status="failed", error=one_line(error))
+        summary.update(status=Status.FAILED, error=one_line(error))
         if rank_zero:
             (run_dir / "error.log").write_text(traceback.format_exc())
         else:  # where rank 0 reads it when the process group never formed (watch_startup)
@@ -141,7 +141,7 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
             then = f"SLURM job {requeue} requeued: it resumes from last.ckpt when it starts again"
         else:
             then = "resume=auto continues the run"
-        summary.update(status="interrupted", error=f"interrupted by {interrupt['signal']}{where}; {then}")
+        summary.update(status=Status.INTERRUPTED, error=f"interrupted by {interrupt['signal']}{where}; {then}")
         # 128 + 15, a shell's code for a process SIGTERM ended: the job did not complete (a sweep stops here too).
         raise SystemExit(143 if isinstance(stop, SIGTERMException) else stop.code) from None
     finally:
@@ -149,7 +149,7 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
         total = sum(p.get("wall_time_s") or 0 for p in summary["parts"])
         summary.update(wall_time_s=round(total, 3), finished_at=now())
         save()
-        finish(failed=summary["status"] not in ("completed", "pruned"))
+        finish(failed=not summary["status"].ended_well)
         os.environ.clear()
         os.environ.update(env)  # Lightning and W&B set MASTER_PORT, WANDB_MODE, PL_GLOBAL_SEED, ...
         sys.argv[:] = argv
@@ -157,7 +157,7 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
             part["requeued"], summary["requeues"] = False, summary["requeues"] - 1
             summary["error"] = summary["error"].split(";")[0] + "; the requeue failed: resume=auto continues the run"
             save()
-    if summary["status"] == "failed" and cfg.get("fail_fast"):
+    if summary["status"] == Status.FAILED and cfg.get("fail_fast"):
         raise SystemExit(1)
     return summary
 
@@ -166,10 +166,10 @@ def earlier_parts(run_dir: Path, ckpt_path: str | None) -> list[dict]:
     """The parts of the run this start continues: those of the summary in `run_dir` when that run was interrupted
     and this start resumes from a checkpoint inside `run_dir` (resume=auto, a SLURM requeue); else none."""
     try:
-        earlier = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
+        earlier = read_record(run_dir / "summary.json").model_dump(mode="json", exclude_unset=True)
+    except NotARecord:
         return []
-    if not ckpt_path or earlier.get("status") != "interrupted" or run_dir.resolve() not in Path(ckpt_path).resolve(
+    if not ckpt_path or earlier["status"] != Status.INTERRUPTED or run_dir.resolve() not in Path(ckpt_path).resolve(
     ).parents:  # fmt: skip
         return []
     # A summary written before parts were recorded: the run's one earlier part, as far as it was recorded.
@@ -260,8 +260,8 @@ def watch_startup(trainer, summary: dict, timeout: float) -> None:
         for thread in observers():  # nor at its next poll, while W&B still closes: exit 1
             thread._run = lambda: True
         if rank == 0:
-            summary.update(status="failed", error=message, finished_at=now())
-            write_json(run_dir / "summary.json", summary)
+            summary.update(status=Status.FAILED, error=message, finished_at=now())
+            write_record(run_dir, summary)
         print(f"error: {message}", file=sys.stderr, flush=True)
         for proc in procs():
             proc.kill()

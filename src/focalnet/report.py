@@ -29,11 +29,12 @@ from pathlib import Path
 
 import yaml
 
+from focalnet.record import NotARecord, Status, read_record
 from focalnet.sequential import PENDING, Design, decide, seeds_to_decide
 
 METRICS = ("test/acc_top1", "val/acc_top1")
 # Statuses that are not failures: an interrupted job resumes where it stopped (resume=auto, a SLURM requeue).
-NOT_FAILED = ("completed", "pruned", "running", "interrupted")
+NOT_FAILED = tuple(s.value for s in Status if s != Status.FAILED)
 STATS = ("params", "flops", "train_images_per_s", "wall_time_s", "time_to_first_step_s")
 # What compare() adds to a configuration: its paired difference to the baseline (test top-1, percentage points).
 PAIRED = ("n_pairs", "delta", "sd", "ci_low", "ci_high", "verdict", "why", "seeds_needed")
@@ -136,11 +137,9 @@ def collect_folder(root: Path) -> list[dict]:
     rows = []
     for path in root.rglob("summary.json"):
         try:
-            s = json.loads(path.read_text())
-            if not isinstance(s, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            rows.append(_missing_row(path.parent, f"corrupt {path}: {str(e).splitlines()[0]}"))
+            s = read_record(path).model_dump(mode="json", exclude_unset=True)
+        except NotARecord as e:
+            rows.append(_missing_row(path.parent, str(e)))
             continue
         overrides = {k: normalize(v) for k, v in (s.get("overrides") or {}).items()}
         metrics = s.get("metrics") or {}
@@ -222,7 +221,7 @@ def duplicates(rows: list[dict]) -> tuple[str, str] | None:
     """The run folders of two completed jobs with the same setting and seed (they would count twice), or None."""
     keys, seen = swept_keys(rows), {}
     for r in rows:
-        if r["status"] == "completed":
+        if r["status"] == Status.COMPLETED:
             key = (tuple(r["overrides"].get(k) for k in keys), r.get("seed"), r.get("cpu"))
             if key in seen:
                 return seen[key], r["run_dir"]
@@ -241,7 +240,7 @@ def aggregate(rows: list[dict], keys: list[str] | None = None, settings: list[tu
         groups.setdefault(tuple(r["overrides"].get(k) for k in keys), []).append(r)
     configs = []
     for values, jobs in sorted(groups.items(), key=lambda kv: [sort_key(v) for v in kv[0]]):
-        done = [j for j in jobs if j["status"] == "completed"]
+        done = [j for j in jobs if j["status"] == Status.COMPLETED]
         accs = [j["test/acc_top1"] for j in done if j["test/acc_top1"] is not None]
         speeds = [j["train_images_per_s"] for j in done if j["train_images_per_s"] is not None]
         # Size and cost don't depend on the seed; a failed job may still have measured them.
@@ -458,7 +457,7 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
     study = study or {}
     counts = {s: sum(r["status"] == s for r in rows) for s in NOT_FAILED}
     failed = [r for r in rows if r["status"] not in counts]
-    interrupted = [r for r in rows if r["status"] == "interrupted"]
+    interrupted = [r for r in rows if r["status"] == Status.INTERRUPTED]
     head = f"jobs: {len(rows)}, completed: {counts['completed']}, failed: {len(failed)}"
     head += "".join(f", {s}: {counts[s]}" for s in ("pruned", "running", "interrupted") if counts[s])
     with_delta = any(c.get("is_baseline") for c in configs)
@@ -537,7 +536,7 @@ def _machines(rows: list[dict]) -> str | None:
     """Which machines and versions made the completed runs: a row can say which machine made it."""
     made = {}
     for r in rows:
-        if r["status"] == "completed" and (r.get("cpu") or r.get("torch")):
+        if r["status"] == Status.COMPLETED and (r.get("cpu") or r.get("torch")):
             key = (r.get("cpu") or "CPU not recorded", r.get("torch") or "?", r.get("precision") or "?")
             made[key] = made.get(key, 0) + 1
     if not made:
@@ -556,7 +555,7 @@ def write_csv(path: Path, rows: list[dict], keys: list[str] | None = None) -> No
         writer = csv.DictWriter(f, cols, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            curve = run_curve(r) if r["status"] == "completed" else {}
+            curve = run_curve(r) if r["status"] == Status.COMPLETED else {}
             writer.writerow({**r, **{k: cell(r["overrides"].get(k)) for k in keys},
                              "val_curve": json.dumps([round(curve[e], 4) for e in sorted(curve)]) if curve else ""})
 
@@ -742,7 +741,7 @@ def plot_search(out: Path, rows: list[dict]) -> list[Path]:
         if not curve:
             continue
         x, y = [e + 1 for e in sorted(curve)], [curve[e] for e in sorted(curve)]
-        pruned = r["status"] == "pruned"
+        pruned = r["status"] == Status.PRUNED
         (line,) = ax.plot(x, y, linestyle="--" if pruned else "-", linewidth=3 if r["trial"] == best else 1.2,
                           alpha=0.6 if pruned else 1.0, label=f"trial {r['trial']}" if r["trial"] == best else None)
         if pruned:
@@ -806,7 +805,7 @@ def plot_curves(out: Path, rows: list[dict], configs: list[dict], keys: list[str
     min-max), the baseline thicker; None when no job logged a curve."""
     curves: dict[tuple, list[dict]] = {}
     for r in rows:
-        curve = run_curve(r) if r["status"] == "completed" else {}
+        curve = run_curve(r) if r["status"] == Status.COMPLETED else {}
         if curve:
             curves.setdefault(tuple(r["overrides"].get(k) for k in keys), []).append(curve)
     if not curves:

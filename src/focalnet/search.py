@@ -15,7 +15,6 @@ then asks for the rest; completed, pruned and failed trials are not touched.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -27,11 +26,12 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from focalnet.record import Status, read_status
 from focalnet.runinfo import one_line
 
 log = logging.getLogger(__name__)
 State = optuna.trial.TrialState
-TOLD = {"completed": State.COMPLETE, "pruned": State.PRUNED, "failed": State.FAIL}
+TOLD = {Status.COMPLETED: State.COMPLETE, Status.PRUNED: State.PRUNED, Status.FAILED: State.FAIL}
 
 
 def make_pruner(spec, metric) -> optuna.pruners.BasePruner | None:
@@ -112,11 +112,7 @@ class OptunaSearch(OptunaSweeperImpl):
 def tell(study: optuna.Study, number: int, ret) -> None:
     """Tell the study how trial `number` ended, from its job's summary.json: completed (with the job's value),
     pruned (Optuna takes its last reported value), failed. A job another command still runs is left RUNNING."""
-    summary_file = Path(ret.hydra_cfg.hydra.runtime.output_dir) / "summary.json"
-    try:
-        status = json.loads(summary_file.read_text()).get("status")
-    except (OSError, ValueError):
-        status = "failed"
+    status = read_status(Path(ret.hydra_cfg.hydra.runtime.output_dir)) or Status.FAILED  # no record: it failed
     state = TOLD.get(status)
     if state is None:
         return

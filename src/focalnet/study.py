@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from focalnet import report
+from focalnet.record import Status
 from focalnet.runinfo import machine, now, write_json
 from focalnet.sequential import PENDING, Design
 
@@ -230,7 +231,7 @@ def recorded_runs(spec: Spec) -> list[dict]:
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
                 reference = references.get(row.get("recipe"))
-                if reference is None or row.get("status") != "completed" or not row.get("setting"):
+                if reference is None or row.get("status") != Status.COMPLETED or not row.get("setting"):
                     continue
                 ran = reference | {k: json.dumps(v, sort_keys=True) for k, v in json.loads(row["setting"]).items()}
                 value = by_setting.get(setting(ran, spec.reference))
@@ -246,7 +247,7 @@ def runs(spec: Spec) -> list[dict]:
     chosen, seen = [], set()
     for r in local_runs(spec) + recorded_runs(spec):
         key = (r["overrides"][spec.key], r["seed"], r.get("cpu"))
-        if r["status"] == "completed":
+        if r["status"] == Status.COMPLETED:
             if key in seen:
                 continue
             seen.add(key)
@@ -254,8 +255,8 @@ def runs(spec: Spec) -> list[dict]:
             continue
         chosen.append(r)
     # A job that failed or was interrupted and then completed in the same folder is one row: the completed one.
-    done = {r["run_dir"] for r in chosen if r["status"] == "completed"}
-    return [r for r in chosen if r["status"] == "completed" or r["run_dir"] not in done]
+    done = {r["run_dir"] for r in chosen if r["status"] == Status.COMPLETED}
+    return [r for r in chosen if r["status"] == Status.COMPLETED or r["run_dir"] not in done]
 
 
 # --- rounds -------------------------------------------------------------------------------------------------------
@@ -268,7 +269,7 @@ def needed(spec: Spec, rows: list[dict], decisions: dict, here: str | None) -> d
     here, both where neither has it here. Empty when no row is pending."""
     have: dict[Any, dict] = {v: {} for v in spec.values}
     for r in rows:
-        if r["status"] == "completed" and r.get("test/acc_top1") is not None:
+        if r["status"] == Status.COMPLETED and r.get("test/acc_top1") is not None:
             have[r["overrides"][spec.key]].setdefault(r["seed"], set()).add(r.get("cpu"))
     wanted: dict[Any, set] = {v: set() for v in spec.values}
     base = have[spec.baseline]

@@ -4,7 +4,6 @@ job's lock are focalnet.job's)."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from focalnet.record import Status, read_status
 from focalnet.runinfo import FAILED
 
 
@@ -32,10 +32,7 @@ class SweepCallback(Callback):
         # Jobs run by a parallel launcher fail in its worker processes, so their failures are not in this process's
         # FAILED list; their summaries say so and make the command exit 1 too.
         for path in Path(config.hydra.sweep.dir).glob("*/summary.json"):
-            try:
-                failed = json.loads(path.read_text()).get("status") == "failed"
-            except (OSError, ValueError, AttributeError):
-                continue
+            failed = read_status(path) == Status.FAILED
             if failed and str(path.parent.absolute()) not in FAILED:
                 FAILED.append(str(path.parent.absolute()))
 
