@@ -11,7 +11,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from focalnet.build import build_trainer, class_summary
+from focalnet.build import build_trainer, choices, class_summary
 from focalnet.cli import config_dir, run_app
 from focalnet.job import launches_processes, rerun_this_job_in_children, run_job
 
@@ -38,7 +38,7 @@ def evaluate(cfg: DictConfig, summary: dict) -> None:
         ckpt_path=str(ckpt_path),
         epoch=checkpoint.get("epoch"),
         model=run_cfg.model.get("name") or "focalnet_card",
-        data=hydra_choice("data") or OmegaConf.select(run_cfg, "choices.data"),
+        data=choices().get("data") or OmegaConf.select(run_cfg, "choices.data"),
         seed=L.seed_everything(cfg.seed, workers=True),
     )
 
@@ -80,12 +80,6 @@ def per_class_accuracy(predictions, names: list[str]) -> dict[str, dict]:
         for name, acc, n in zip(names, accuracy.tolist(), counts.tolist(), strict=True)
         if n
     }
-
-
-def hydra_choice(group: str) -> str | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get().runtime.choices.get(group)
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")

@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from focalnet.record import NotARecord, Status, read_record
+from focalnet.runinfo import parse_overrides
 from focalnet.sequential import PENDING, Design, decide, seeds_to_decide
 
 METRICS = ("test/acc_top1", "val/acc_top1")
@@ -57,13 +58,6 @@ def sort_key(value):
     return (2, 0, str(value))
 
 
-def _parse_overrides(items: list[str]) -> dict:
-    """Hydra overrides as {key: value}, values typed as Hydra types them (3, true, none -> 3, True, "none")."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(items)}
-
-
 def _hydra_overrides(folder: Path) -> dict:
     """The overrides of a job that left no readable summary, from Hydra's own record of them."""
     path = folder / ".hydra" / "overrides.yaml"
@@ -71,7 +65,7 @@ def _hydra_overrides(folder: Path) -> dict:
         return {}
     from omegaconf import OmegaConf
 
-    return _parse_overrides(list(OmegaConf.load(path)))
+    return parse_overrides(list(OmegaConf.load(path)))  # the keys of the summaries' overrides
 
 
 def _missing_row(folder: Path, error: str) -> dict:
@@ -853,7 +847,7 @@ def log_wandb(sweep_dir, rows, configs, plots, project: str, group: str | None, 
 
 def _key_value(text: str) -> tuple:
     try:
-        ((key, value),) = _parse_overrides([text]).items()
+        ((key, value),) = parse_overrides([text]).items()
     except Exception as error:  # Hydra's OverrideParseException, or not exactly one item
         raise argparse.ArgumentTypeError(f"not KEY=VALUE: {text!r}") from error
     from hydra.core.override_parser.types import Sweep
