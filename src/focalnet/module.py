@@ -13,6 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import get_class
+from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import DictConfig, OmegaConf
@@ -351,6 +352,12 @@ class ClassificationModule(L.LightningModule):
         groups = param_groups(
             self.model, kwargs.pop("weight_decay", 0.0), optim.get("head_lr_scale", 1.0), optim.get("layer_decay")
         )
+        if kwargs.get("fused") and self.trainer.gradient_clip_val and isinstance(self.trainer.precision_plugin,
+                                                                                 MixedPrecision):
+            # Lightning refuses to clip the gradients of an optimizer that unscales them itself (fused AdamW) under
+            # mixed precision: the first step of the paper's recipe (gradient_clip_val 5) would fail on a bf16 host.
+            # fused is only a speed choice; the per-tensor step computes the same update.
+            kwargs["fused"] = False
         try:
             optimizer_class = get_class(kwargs.pop("_target_"))
             kwargs["lr"] *= scale
