@@ -287,9 +287,11 @@ def test_public_api_is_importable_without_frameworks():
     import sys
 
     assert focalnet.FocalNet is FocalNet
-    src = open(focalnet.models.focalnet.__file__).read()
-    assert "lightning" not in src and "hydra" not in src
+    for module in (focalnet.models.focalnet, focalnet.models.weights):
+        src = open(module.__file__).read()
+        assert "lightning" not in src and "hydra" not in src
     assert "focalnet.models.focalnet" in sys.modules
+    assert "focalnet.models.weights" in sys.modules
 
 
 @pytest.mark.parametrize(
@@ -564,14 +566,14 @@ def test_hf_config_describes_the_model_and_refuses_what_transformers_lacks():
     assert config["depths"] == [1, 1, 2, 1] and config["focal_levels"] == [4] * 4 and config["focal_windows"] == [3] * 4
     assert config["normalize_modulator"] and config["use_post_layernorm"] and config["use_conv_embed"]
     assert config["id2label"] == {"0": "cat", "1": "dog", "2": "eel"} and config["label2id"]["eel"] == 2
-    rebuilt = focalnet.models.focalnet.args_from_hf_config(config)
+    rebuilt = focalnet.models.weights.args_from_hf_config(config)
     assert FocalNet(**rebuilt).state_dict().keys() == model.state_dict().keys()
     with pytest.raises(ValueError, match=r"format=hf cannot hold this model: gate_act='sigmoid'"):
         focalnet.hf_config(create_model("focalnet_tiny_srf", num_classes=3, gate_act="sigmoid", **SMALL))
     with pytest.raises(ValueError, match=r"format=hf cannot hold this model: embed_dim=\[16, 24, 48, 96\]"):
         focalnet.hf_config(create_model("focalnet_tiny_srf", num_classes=3, **{**SMALL, "embed_dim": [16, 24, 48, 96]}))
     with pytest.raises(ValueError, match=r"config.json has model_type='swin', not 'focalnet'"):
-        focalnet.models.focalnet.args_from_hf_config({"model_type": "swin"})
+        focalnet.models.weights.args_from_hf_config({"model_type": "swin"})
 
 
 def test_a_folder_without_weights_and_a_missing_config_fail_in_one_line(tmp_path):

@@ -18,32 +18,25 @@ from focalnet.job import launches_processes, rerun_this_job_in_children, run_job
 
 def evaluate(cfg: DictConfig, summary: dict) -> None:
     import lightning as L
-    import torch
     from hydra.utils import instantiate, to_absolute_path
 
-    from focalnet.module import ClassificationModule, model_for_checkpoint
+    from focalnet.module import module_from_checkpoint
 
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split={cfg.split!r} must be test or val")
     ckpt_path = Path(to_absolute_path(cfg.ckpt_path))
     if not ckpt_path.is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such file")
-    checkpoint = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True)
-    run_cfg = checkpoint.get("hyper_parameters", {}).get("run_config")
-    if run_cfg is None:
-        raise ValueError(f"ckpt_path={cfg.ckpt_path} holds no run config: not a focalnet-train checkpoint")
-    run_cfg = OmegaConf.create(run_cfg)
+    module, run_cfg, epoch = module_from_checkpoint(ckpt_path)
     data_cfg = cfg.data if cfg.get("data") is not None else run_cfg.data
     summary.update(
         ckpt_path=str(ckpt_path),
-        epoch=checkpoint.get("epoch"),
+        epoch=epoch,
         model=run_cfg.model.get("name") or "focalnet_card",
         data=choices().get("data") or OmegaConf.select(run_cfg, "choices.data"),
         seed=L.seed_everything(cfg.seed, workers=True),
     )
 
-    model = model_for_checkpoint(run_cfg.model)
-    module = ClassificationModule.load_from_checkpoint(ckpt_path, model=model, map_location="cpu")
     datamodule = instantiate(data_cfg, _convert_="all")
     if datamodule.num_classes != module.num_classes:
         raise ValueError(f"data.num_classes={datamodule.num_classes} but the checkpoint's model has "

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from focalnet.cli import Parser, key_value
-from focalnet.models.focalnet import FORMATS, export_state_dict, hf_config, read_state_dict
+from focalnet.models.weights import FORMATS, export_state_dict, hf_config, read_state_dict
 from focalnet.runinfo import one_line
 
 

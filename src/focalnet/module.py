@@ -433,12 +433,20 @@ def model_for_checkpoint(model_cfg: DictConfig) -> nn.Module:
     return instantiate(model_cfg, **({"pretrained": None} if "pretrained" in model_cfg else {}), _convert_="all")
 
 
-def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, DictConfig]:
-    """The trained network of a focalnet-train checkpoint, rebuilt from the run config stored in it, and that config."""
+def module_from_checkpoint(path: str | os.PathLike) -> tuple[ClassificationModule, DictConfig, int | None]:
+    """The ClassificationModule of a focalnet-train checkpoint, rebuilt from the run config stored in it; that config;
+    the epoch it was saved at."""
     checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     run_cfg = checkpoint.get("hyper_parameters", {}).get("run_config")
     if run_cfg is None:
-        raise ValueError(f"{path} holds no run config: not a focalnet-train checkpoint")
+        raise ValueError(f"ckpt_path={path} holds no run config: not a focalnet-train checkpoint")
     run_cfg = OmegaConf.create(run_cfg)
     model = model_for_checkpoint(run_cfg.model)
-    return ClassificationModule.load_from_checkpoint(path, model=model, map_location="cpu").model, run_cfg
+    module = ClassificationModule.load_from_checkpoint(path, model=model, map_location="cpu")
+    return module, run_cfg, checkpoint.get("epoch")
+
+
+def model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, DictConfig]:
+    """The trained network of a focalnet-train checkpoint, rebuilt from the run config stored in it, and that config."""
+    module, run_cfg, _ = module_from_checkpoint(path)
+    return module.model, run_cfg

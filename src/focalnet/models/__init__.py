@@ -1,15 +1,12 @@
-from focalnet.models.focalnet import (
-    MODEL_CONFIGS,
-    FocalNet,
+from focalnet.models.focalnet import MODEL_CONFIGS, FocalNet, create_model, list_models
+from focalnet.models.stats import model_stats
+from focalnet.models.weights import (
     convert_state_dict,
-    create_model,
     create_model_from_pretrained,
     export_state_dict,
     hf_config,
-    list_models,
     load_pretrained,
 )
-from focalnet.models.stats import model_stats
 
 __all__ = [
     "MODEL_CONFIGS",
