@@ -168,6 +168,7 @@ OPTIM = {"optimizer": {"_target_": "torch.optim.AdamW", "lr": 1e-3}, "warmup_epo
         ({"head_lr_scale": 0}, "optim.head_lr_scale=0 must be a number > 0"),
         ({"head_lr_scale": -10}, "optim.head_lr_scale=-10 must be a number > 0"),
         ({"freeze_backbone": "yes"}, "optim.freeze_backbone='yes' must be true or false"),
+        ({"warmup_steps": 2.5}, "optim.warmup_steps=2.5 must be an integer >= 0 or null"),
     ],
 )
 def test_bad_fine_tuning_options_fail_in_one_line(options, message):

@@ -70,6 +70,34 @@ def test_warmup_then_cosine_to_min_lr():
     assert max(lrs) == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize("warmup,peak", [({"warmup_steps": 5, "warmup_epochs": None}, 5),
+                                          ({"warmup_epochs": 1, "warmup_steps": 5}, 10)])
+def test_the_warmup_is_counted_in_steps_or_in_epochs(warmup, peak, tmp_path):
+    """Two epochs of 10 steps: 5 warm-up steps peak at step 5 whatever an epoch's length; 1 warm-up epoch, set
+    over the default's steps (a user's warmup_epochs=1 on the command line), at step 10."""
+    import lightning as L
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from focalnet.module import ClassificationModule
+
+    lrs = []
+
+    class RecordLR(L.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    model = focalnet.FocalNet.build(image_size=8, patch_size=4, in_channels=1, hidden_size=8, num_layers=1,
+                                    num_classes=2)
+    optim = {"optimizer": {"_target_": "torch.optim.AdamW", "lr": 1e-3}, "warmup_lr": 0.0, "min_lr": 0.0, **warmup}
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+                        callbacks=[RecordLR()])
+    trainer.fit(ClassificationModule(model, optim), DataLoader(TensorDataset(torch.randn(20, 1, 8, 8),
+                                                                             torch.randint(2, (20,))), batch_size=2))
+    assert len(lrs) == 20 and lrs.index(max(lrs)) == peak and max(lrs) == pytest.approx(1e-3)
+    assert lrs[: peak + 1] == pytest.approx([1e-3 * step / peak for step in range(peak + 1)])  # linear from 0
+
+
 @pytest.mark.parametrize("mixup,cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
 def test_mixing_makes_soft_targets_that_match_the_images(mixup, cutmix):
     torch.manual_seed(0)

@@ -138,10 +138,10 @@ class ClassificationModule(L.LightningModule):
     Args:
         model: the network; needs a `num_classes` attribute (every FocalNet has one).
         optim: the `optim` config group: `optimizer` (a `_target_` spec, e.g. torch.optim.AdamW with lr,
-            weight_decay, betas), `warmup_epochs`, `warmup_lr`, `min_lr`, and `lr_batch_size` (when set, lr,
-            warmup_lr and min_lr scale linearly by the global batch / lr_batch_size, as in the paper); for
-            fine-tuning `head_lr_scale`, `layer_decay` (see `param_groups`) and `freeze_backbone` (only the head
-            trains: a linear probe).
+            weight_decay, betas), `warmup_epochs` (when null, `warmup_steps`), `warmup_lr`, `min_lr`, and
+            `lr_batch_size` (when set, lr, warmup_lr and min_lr scale linearly by the global batch / lr_batch_size,
+            as in the paper); for fine-tuning `head_lr_scale`, `layer_decay` (see `param_groups`) and
+            `freeze_backbone` (only the head trains: a linear probe).
         label_smoothing: cross-entropy label smoothing.
         mixup_alpha / cutmix_alpha: Beta parameters of mixup and cutmix; 0 turns each off.
         compile: torch.compile the model in place (parameter names and checkpoints stay the same).
@@ -369,8 +369,14 @@ class ClassificationModule(L.LightningModule):
         ema = ((self.hparams.run_config or {}).get("callbacks") or {}).get("ema")
         if ema and (warning := schema.ema_warning(ema["decay"], ema.get("update_every_n_steps", 1), total_steps)):
             rank_zero_warn(warning)
-        max_epochs = self.trainer.max_epochs
-        warmup_steps = round(optim["warmup_epochs"] * total_steps / max_epochs) if max_epochs and max_epochs > 0 else 0
+        warmup_epochs, max_epochs = optim.get("warmup_epochs"), self.trainer.max_epochs
+        if warmup_epochs is None:
+            warmup_steps = optim.get("warmup_steps") or 0
+        else:
+            warmup_steps = round(warmup_epochs * total_steps / max_epochs) if max_epochs and max_epochs > 0 else 0
+        if warmup_steps > total_steps:
+            rank_zero_warn(f"optim.warmup_steps={warmup_steps} > the run's {total_steps} optimizer steps: the warm-up "
+                           "never ends, the learning rate never reaches optim.optimizer.lr")
         scheduler = warmup_cosine(
             optimizer, total_steps, warmup_steps, optim["warmup_lr"] * scale, optim["min_lr"] * scale
         )

@@ -140,7 +140,8 @@ class Optimizer(Group):
 class Optim(Group):
     optimizer: Optimizer = UNSET
     lr_batch_size: PosInt | None = None
-    warmup_epochs: NonNeg = UNSET
+    warmup_epochs: NonNeg | None = UNSET  # null: the warm-up is counted in warmup_steps
+    warmup_steps: NonNegInt | None = None
     warmup_lr: NonNeg = UNSET
     min_lr: NonNeg = UNSET
     head_lr_scale: Positive = UNSET
