@@ -133,6 +133,9 @@ def test_debug_options(name, tmp_path):
     cfg = compose_train([f"debug={name}"], tmp_path)
     trainer = build_trainer(cfg, {"override_string": "", "sweep_dir": None})
     assert trainer.loggers == [] and trainer.world_size == 1
+    # Whatever the config: exact resume, W&B continuity and train/images_per_s depend on them.
+    always = {"Throughput", "RNGStateInCheckpoint", "WandbRunIdInCheckpoint", "WandbConfusionMatrix"}
+    assert always <= {type(c).__name__ for c in trainer.callbacks}
 
 
 @pytest.mark.parametrize("name", options("experiment"))

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from conftest import QUICK, TINY, job_dir, read_summary, run_cli
 from focalnet import bench, create_model
+from focalnet.callbacks import RNGStateInCheckpoint
 from focalnet.models import focalnet as focalnet_models
 from focalnet.models import gemm
 from focalnet.module import ClassificationModule, host_sync_is_costly
@@ -73,16 +74,15 @@ def tiny_module() -> ClassificationModule:
     return ClassificationModule(model, OmegaConf.load(ROOT / "conf" / "optim" / "adamw.yaml"))
 
 
-# --- the module: CUDA RNG state in checkpoints, the non-finite guard without a host sync --------------------------
+# --- CUDA RNG state in checkpoints (callbacks), the module's non-finite guard without a host sync ---------------------
 
 
 def test_checkpoints_keep_the_cuda_rng_state_and_a_resumed_run_draws_what_the_uninterrupted_one_would(tmp_path):
-    module = tiny_module().to(CUDA)
-    module._trainer = SimpleNamespace(callback_metrics={}, loggers=[], global_step=0)  # what on_save_checkpoint reads
+    callback = RNGStateInCheckpoint()  # on every focalnet-train Trainer (callbacks.always_on); needs no trainer
     torch.manual_seed(123)
     torch.rand(7, device=CUDA)  # the CUDA generator moved off its seed, as a run's would have
     checkpoint = {}
-    module.on_save_checkpoint(checkpoint)
+    callback.on_save_checkpoint(None, None, checkpoint)
     states = checkpoint["rng_states"]["cuda"]
     assert len(states) == torch.cuda.device_count() and all(s.dtype == torch.uint8 for s in states)
     # What the run that never stopped draws next: on the GPU (drop-path masks, on-device augmentation) and the CPU.
@@ -90,8 +90,9 @@ def test_checkpoints_keep_the_cuda_rng_state_and_a_resumed_run_draws_what_the_un
     torch.rand(1000, device=CUDA), torch.rand(10)  # the stopped run's process drew on; a new process starts elsewhere
     path = tmp_path / "last.ckpt"
     torch.save(checkpoint, path)  # through a file, loaded as focalnet-eval and resume load it: weights only
-    module.on_load_checkpoint(torch.load(path, map_location="cpu", weights_only=True))
-    module.on_train_start()
+    callback = RNGStateInCheckpoint()  # the resumed run's
+    callback.on_load_checkpoint(None, None, torch.load(path, map_location="cpu", weights_only=True))
+    callback.on_train_start(None, None)
     drawn = torch.rand(5, device=CUDA), torch.randn(5, device=CUDA), torch.rand(5)
     for got, want in zip(drawn, expected):
         assert torch.equal(got, want)  # the same generator state gives bit-identical draws: no tolerance

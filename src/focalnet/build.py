@@ -29,7 +29,8 @@ def resolve_trainer_precision(cfg: DictConfig, summary: dict) -> None:
 
 
 def build_trainer(cfg: DictConfig, summary: dict):
-    """Loggers (W&B name and group filled in from the job), callbacks and the Trainer."""
+    """Loggers (W&B name and group filled in from the job), callbacks (the config's and callbacks.always_on) and the
+    Trainer."""
     from hydra.utils import instantiate
 
     resolve_trainer_precision(cfg, summary)
@@ -43,11 +44,13 @@ def build_trainer(cfg: DictConfig, summary: dict):
         summary["wandb"] = {"project": wandb_cfg.project, "group": wandb_cfg.group, "mode": mode}
     from lightning.pytorch.callbacks import LearningRateMonitor
 
+    from focalnet.callbacks import always_on
+
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # logger=none: the learning rate has nowhere to go, and LearningRateMonitor would refuse to run
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return instantiate(cfg.trainer, callbacks=callbacks + always_on(), logger=loggers or False)
 
 
 class SummaryWarnings(logging.Handler):

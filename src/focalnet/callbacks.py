@@ -1,14 +1,18 @@
-"""Callback factories the configs name with `_target_`, and the callbacks train.py adds itself."""
+"""Callback factories the configs name with `_target_`, the callbacks every run's Trainer gets (`always_on`), and the
+ones train.py adds itself."""
 
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import sys
 import time
 from pathlib import Path
 
+import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -20,6 +24,95 @@ def progress_bar(refresh_rate: int = 1) -> ProgressBar:
     if sys.stdout.isatty():
         return RichProgressBar(refresh_rate=refresh_rate)
     return TQDMProgressBar(refresh_rate=refresh_rate)
+
+
+def always_on() -> list[Callback]:
+    """What every focalnet-train and focalnet-eval Trainer gets, whatever the config: exact resume, W&B continuity and
+    the logged metrics depend on them, so they are no config option."""
+    return [Throughput(), RNGStateInCheckpoint(), WandbRunIdInCheckpoint(), WandbConfusionMatrix()]
+
+
+def wandb_loggers(trainer) -> list[WandbLogger]:
+    return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+
+
+class Throughput(Callback):
+    """Logs `train/images_per_s`: images/s over the training batches of each epoch (validation excluded), summed over
+    ranks; the summary's `train_images_per_s` is its last value. Lightning's ThroughputMonitor reports only once a
+    100-batch window has filled and keeps its numbers to itself. A batch the module skipped (its training_step
+    returned None: a non-finite loss under module.on_nonfinite=skip) is not counted."""
+
+    def __init__(self):
+        self.images, self.start, self.train_time = 0, 0.0, 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.images, self.start = 0, time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        self.train_time = time.perf_counter() - self.start
+        if outputs is not None and outputs.get("loss") is not None:
+            self.images += len(batch[0])
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.train_time > 0:
+            pl_module.log("train/images_per_s", self.images / self.train_time, sync_dist=True, reduce_fx="sum")
+
+
+class RNGStateInCheckpoint(Callback):
+    """Checkpoints keep the global RNG states (`rng_states`: torch, python, and cuda where there is one), which
+    Lightning leaves out; with them, a run resumed from an epoch-end checkpoint draws the same shuffles,
+    augmentations and drop-paths as the run that never stopped. The states are applied at on_train_start, after the
+    sanity check, whose dataloader iterator draws from the global RNG."""
+
+    def __init__(self):
+        self.resumed: dict | None = None
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available():
+            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self.resumed = checkpoint.get("rng_states")
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        states, self.resumed = self.resumed, None
+        if states:
+            torch.set_rng_state(states["torch"])
+            version, state, gauss = states["python"]
+            random.setstate((version, tuple(state), gauss))
+            if "cuda" in states and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class WandbRunIdInCheckpoint(Callback):
+    """Checkpoints name the W&B run that wrote them (`wandb_run_id`, None without one): a run resumed from one logs
+    into that run (job.continue_wandb_run)."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        ids = [logger.version for logger in wandb_loggers(trainer)]
+        checkpoint["wandb_run_id"] = ids[0] if ids else None
+
+
+class WandbConfusionMatrix(Callback):
+    """The test images' confusion matrix with class names, as W&B's chart `test/confusion_matrix`; beyond 100 classes
+    it is unreadable. At on_test_end: the module gathers every rank's predictions in on_test_epoch_end, which
+    Lightning calls after the callbacks' on_test_epoch_end."""
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        loggers = wandb_loggers(trainer)
+        if not loggers or pl_module.num_classes > 100 or pl_module.predictions is None or not trainer.is_global_zero:
+            return
+        import wandb
+
+        labels, predicted = pl_module.predictions.tolist()
+        names = pl_module.class_names or [str(i) for i in range(pl_module.num_classes)]
+        chart = wandb.plot.confusion_matrix(y_true=labels, preds=predicted, class_names=names)
+        for logger in loggers:
+            logger.experiment.log({"test/confusion_matrix": chart})
 
 
 class FirstStepTimer(Callback):
@@ -124,7 +217,6 @@ class ModulatorMaps(Callback):
         if (epoch + 1) % self.every_n_epochs:
             return
         import matplotlib.pyplot as plt
-        from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 
         from focalnet.viz import map_figures
 

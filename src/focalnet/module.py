@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import re
-import time
 from collections.abc import Mapping, Sequence
 
 import lightning as L
@@ -193,9 +191,8 @@ class ClassificationModule(L.LightningModule):
         self.train_metrics = metrics.clone(prefix="train/")
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
-        self._epoch_images = self._nonfinite = 0
+        self._nonfinite = 0
         self._first_nonfinite: torch.Tensor | None = None  # accelerators: [step, loss] of the first non-finite loss
-        self._epoch_start = self._epoch_train_time = 0.0
         self.class_names: list[str] | None = None  # the data's, from setup(); checkpoints keep them
         self._outputs: list[torch.Tensor] = []
         self.predictions: torch.Tensor | None = None  # [2, N] labels and predicted classes of the last test pass
@@ -226,7 +223,6 @@ class ClassificationModule(L.LightningModule):
         self.train_metrics.update(logits, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
-        self._epoch_images += len(labels)
         return loss
 
     def _finite_or_skip(self, loss: torch.Tensor, batch_idx: int) -> bool:
@@ -298,10 +294,10 @@ class ClassificationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._gather_predictions()
-        self._log_confusion_matrix()
 
     def _gather_predictions(self) -> None:
-        """Every rank's labels and predictions, for per-class accuracy (focalnet-eval) and the confusion matrix."""
+        """Every rank's labels and predictions, for per-class accuracy (focalnet-eval) and the confusion matrix
+        (callbacks.WandbConfusionMatrix)."""
         if not self._outputs:
             return
         outputs, self._outputs = torch.cat(self._outputs, dim=1), []
@@ -309,37 +305,12 @@ class ClassificationModule(L.LightningModule):
             outputs = self.all_gather(outputs).transpose(0, 1).flatten(1)
         self.predictions = outputs.cpu()
 
-    def _log_confusion_matrix(self) -> None:
-        """The test images' confusion matrix with class names, as W&B's chart; beyond 100 classes it is unreadable."""
-        from lightning.pytorch.loggers import WandbLogger
-
-        loggers = [logger for logger in self.loggers if isinstance(logger, WandbLogger)]
-        if not loggers or self.num_classes > 100 or self.predictions is None or not self.trainer.is_global_zero:
-            return
-        import wandb
-
-        labels, predicted = self.predictions.tolist()
-        names = self.class_names or [str(i) for i in range(self.num_classes)]
-        chart = wandb.plot.confusion_matrix(y_true=labels, preds=predicted, class_names=names)
-        for logger in loggers:
-            logger.experiment.log({"test/confusion_matrix": chart})
-
-    # Images/s over the training batches of each epoch (validation excluded), summed over ranks. Lightning's
-    # ThroughputMonitor reports only once a 100-batch window has filled and keeps its numbers to itself.
-    def on_train_epoch_start(self) -> None:
-        self._epoch_images = 0
-        self._epoch_start = time.perf_counter()
-
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self._epoch_train_time = time.perf_counter() - self._epoch_start
         if self.global_step % self.trainer.log_every_n_steps == 0:
             self._stop_if_nonfinite_was_seen()
 
     def on_train_epoch_end(self) -> None:
         self._stop_if_nonfinite_was_seen()
-        if self._epoch_train_time > 0:
-            rate = self._epoch_images / self._epoch_train_time
-            self.log("train/images_per_s", rate, sync_dist=True, reduce_fx="sum")
 
     def configure_optimizers(self):
         optim = self.hparams.optim
@@ -382,36 +353,16 @@ class ClassificationModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # Lightning keeps no RNG state in checkpoints; with it, a run resumed from an epoch-end checkpoint draws the
-    # same shuffles, augmentations and drop-paths as the run that never stopped. The states are applied at
-    # on_train_start, after the sanity check, whose dataloader iterator draws from the global RNG.
+    # The run's other checkpoint entries come from focalnet.callbacks (rng_states, wandb_run_id), which every
+    # focalnet-train and focalnet-eval Trainer gets.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._stop_if_nonfinite_was_seen()
         checkpoint["class_names"] = self.class_names  # what the outputs mean, for whoever loads the checkpoint
         # The metrics so far: a run resumed after its training had finished (stopped in the test phase) reports them.
         checkpoint["metrics"] = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
-        # The W&B run a resumed run continues (job.continue_wandb_run).
-        from lightning.pytorch.loggers import WandbLogger
-
-        ids = [logger.version for logger in self.loggers if isinstance(logger, WandbLogger)]
-        checkpoint["wandb_run_id"] = ids[0] if ids else None
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-        if torch.cuda.is_available():
-            checkpoint["rng_states"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._resumed_rng_states = checkpoint.get("rng_states")
         self.class_names = self.class_names or checkpoint.get("class_names")  # the data's, when set up, win
-
-    def on_train_start(self) -> None:
-        self._epoch_start = time.perf_counter()  # a run resumed mid-epoch gets no on_train_epoch_start
-        states, self._resumed_rng_states = getattr(self, "_resumed_rng_states", None), None
-        if states:
-            torch.set_rng_state(states["torch"])
-            version, state, gauss = states["python"]
-            random.setstate((version, tuple(state), gauss))
-            if "cuda" in states and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def check_checkpoint(path: str, module: nn.Module) -> None:
