@@ -82,8 +82,9 @@ def interrupted_run(tmp_path_factory) -> tuple[Path, dict, subprocess.CompletedP
     the overrides)."""
     cwd = tmp_path_factory.mktemp("interrupted")
     run = cwd / "run"
-    command = (*TINY, "trainer.max_epochs=2", "logger=csv", "callbacks.model_checkpoint.save_top_k=-1",
-               f"hydra.run.dir={run}")
+    # A 1-step warm-up: with the default's 80 the lr of 4 steps stays near 0, and the best epoch would be the first.
+    command = (*TINY, "trainer.max_epochs=2", "optim.warmup_steps=1", "logger=csv",
+               "callbacks.model_checkpoint.save_top_k=-1", f"hydra.run.dir={run}")
     result = run_cli("focalnet-train", *command, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     uninterrupted = read_summary(run)
