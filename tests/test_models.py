@@ -287,7 +287,7 @@ def test_public_api_is_importable_without_frameworks():
     import sys
 
     assert focalnet.FocalNet is FocalNet
-    for module in (focalnet.models.focalnet, focalnet.models.weights):
+    for module in (focalnet.models.focalnet, focalnet.models.weights, focalnet.models.factory):
         src = open(module.__file__).read()
         assert "lightning" not in src and "hydra" not in src
     assert "focalnet.models.focalnet" in sys.modules

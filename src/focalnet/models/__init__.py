@@ -1,4 +1,5 @@
-from focalnet.models.focalnet import MODEL_CONFIGS, FocalNet, create_model, list_models
+from focalnet.models.factory import create_model
+from focalnet.models.focalnet import MODEL_CONFIGS, FocalNet, list_models
 from focalnet.models.stats import model_stats
 from focalnet.models.weights import (
     convert_state_dict,

@@ -9,7 +9,8 @@ as an NCHW tensor in `channels_last` format.
 Parameter names follow the official release (`patch_embed`, `layers.i.blocks.j.modulation.f`,
 `layers.i.downsample` at the end of stage i, `gamma_1`, `modulation.ln`, `head`), so official checkpoints load
 as they are; `convert_state_dict` maps timm's names and 1x1-conv weights onto them.
-Checkpoint formats (official, timm, transformers: import and export), weights files and hub download: `weights.py`.
+Checkpoint formats (official, timm, transformers: import and export), weights files and hub download: `weights.py`;
+`create_model` (a registered name, optionally with weights): `factory.py`.
 
 Weight init for training from scratch follows the official code: truncated normal (std 0.02) on every Linear,
 LayerNorm to ones/zeros, and PyTorch's default for the convolutions. timm's choice (truncated normal on the
@@ -19,7 +20,6 @@ input about tenfold, so the deeper levels start out nearly silent.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 
 import torch
@@ -30,7 +30,6 @@ from focalnet.models.gemm import Dense, dense
 
 __all__ = [
     "FocalNet",
-    "create_model",
     "list_models",
 ]
 
@@ -693,36 +692,3 @@ MODEL_CONFIGS: dict[str, dict] = {
 
 def list_models() -> list[str]:
     return sorted(MODEL_CONFIGS)
-
-
-def create_model(
-    name: str | None, num_classes: int | None = 1000, pretrained: str | None = None, **overrides
-) -> FocalNet:
-    """Build a registered FocalNet; `overrides` replace any FocalNet argument; `pretrained` loads weights.
-
-    The card's names are accepted too: hidden_size -> embed_dim, num_layers -> depths, in_channels as is.
-    With no name, a transformers folder or hub id as `pretrained` gives the architecture (its config.json).
-    """
-    from focalnet.models.weights import create_model_from_pretrained, load_pretrained
-
-    if name is None:
-        if not pretrained:
-            raise ValueError("create_model: give a model name, or a transformers folder or hub id as pretrained=")
-        return create_model_from_pretrained(pretrained, num_classes=num_classes, **overrides)
-    if name not in MODEL_CONFIGS:
-        close = difflib.get_close_matches(name, MODEL_CONFIGS, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {', '.join(list_models())}"
-        raise ValueError(f"unknown model name={name!r}{hint}")
-    kwargs = dict(MODEL_CONFIGS[name])
-    if "hidden_size" in overrides:
-        kwargs["embed_dim"] = (
-            [overrides.pop("hidden_size")] if len(kwargs["depths"]) == 1 else overrides.pop("hidden_size")
-        )
-    if "num_layers" in overrides:
-        layers = overrides.pop("num_layers")
-        kwargs["depths"] = [layers] if isinstance(layers, int) else layers
-    kwargs.update(overrides)
-    model = FocalNet(num_classes=num_classes, **kwargs)
-    if pretrained:
-        load_pretrained(model, pretrained)
-    return model
