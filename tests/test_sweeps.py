@@ -208,6 +208,16 @@ def test_studies_compose():
             assert instantiate(cfg.model, _convert_="all").num_classes == 10
 
 
+def test_a_study_runs_with_csv_logging_alone(tmp_path):
+    # study_common sets logger.wandb.group; with logger=csv that leaves a W&B node without _target_, not a logger.
+    result = run_cli("focalnet-train", "--config-dir", str(ROOT / "experiments" / "gates"), "--config-name", "study",
+                     "logger=csv", f"hydra.run.dir={tmp_path / 'run'}", *TINY, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(tmp_path / "run")
+    assert summary["status"] == "completed" and "wandb" not in summary
+    assert (tmp_path / "run" / "csv" / "metrics.csv").is_file() and not (tmp_path / "run" / "wandb").exists()
+
+
 def test_wandb_sweep_file():
     sweep = yaml.safe_load((ROOT / "experiments" / "wandb_sweep.yaml").read_text())
     (program,) = entry_points(group="console_scripts", name=sweep["program"])

@@ -21,6 +21,13 @@ def instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c, _convert_="all") for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
+def wandb_config(cfg: DictConfig) -> DictConfig | None:
+    """The W&B logger's config, or None when W&B is not among the loggers. A study that runs with logger=csv leaves
+    study_common's logger.wandb.group behind, a node without _target_ that instantiate_all skips: so is it here."""
+    node = (cfg.get("logger") or {}).get("wandb")
+    return node if node is not None and "_target_" in node else None
+
+
 def resolve_trainer_precision(cfg: DictConfig, summary: dict) -> None:
     """trainer.precision=auto becomes what this machine runs best (focalnet.precision); the summary says which."""
     from focalnet.precision import resolve_precision
@@ -34,7 +41,7 @@ def build_trainer(cfg: DictConfig, summary: dict):
     from hydra.utils import instantiate
 
     resolve_trainer_precision(cfg, summary)
-    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    wandb_cfg = wandb_config(cfg)
     if wandb_cfg is not None:
         wandb_cfg.name = wandb_cfg.name or summary["override_string"] or None
         if wandb_cfg.group is None and summary["sweep_dir"]:

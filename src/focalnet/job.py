@@ -300,7 +300,9 @@ def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None, summary: dict) ->
     offline-run-<time>-<same id> that `wandb sync` uploads into that run)."""
     import torch
 
-    if not ckpt_path or (cfg.get("logger") or {}).get("wandb") is None or cfg.logger.wandb.get("id"):
+    from focalnet.build import wandb_config
+
+    if not ckpt_path or wandb_config(cfg) is None or cfg.logger.wandb.get("id"):
         return
     run_id = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("wandb_run_id")
     if run_id:
