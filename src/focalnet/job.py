@@ -300,9 +300,8 @@ def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None, summary: dict) ->
     offline-run-<time>-<same id> that `wandb sync` uploads into that run)."""
     import torch
 
-    from focalnet.build import wandb_config
-
-    if not ckpt_path or wandb_config(cfg) is None or cfg.logger.wandb.get("id"):
+    wandb = (cfg.get("logger") or {}).get("wandb")  # without _target_ (logger=csv in a study) it is no logger
+    if not ckpt_path or wandb is None or "_target_" not in wandb or wandb.get("id"):
         return
     run_id = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("wandb_run_id")
     if run_id:
