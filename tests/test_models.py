@@ -1,4 +1,5 @@
 import json
+import math
 import re
 import time
 
@@ -582,3 +583,20 @@ def test_a_folder_without_weights_and_a_missing_config_fail_in_one_line(tmp_path
         create_model("focalnet_tiny_srf", num_classes=10, pretrained=str(tmp_path / "empty"), **SMALL)
     with pytest.raises(FileNotFoundError, match=r"no config.json in"):
         focalnet.create_model_from_pretrained(str(tmp_path / "empty"))
+
+
+def test_weight_init_schemes():
+    """official: trunc-normal 0.02 on every Linear; torch: PyTorch's own uniform +-1/sqrt(fan_in), 3.6x wider at
+    width 64 (the card recipe's default: the modulation is not silent at the start); a bad name fails naming it."""
+    torch.manual_seed(0)
+    official = FocalNet.build(image_size=32, patch_size=4, hidden_size=64, num_classes=10)
+    torch.manual_seed(0)
+    default = FocalNet.build(image_size=32, patch_size=4, hidden_size=64, num_classes=10, weight_init="torch")
+    f_official, f_default = official.layers[0].blocks[0].modulation.f, default.layers[0].blocks[0].modulation.f
+    assert f_official.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert f_default.weight.std().item() == pytest.approx(1 / math.sqrt(3 * 64), rel=0.05)
+    assert f_default.weight.abs().max().item() <= 1 / math.sqrt(64)
+    # The init changes no shape or name: checkpoints of either load into the other.
+    official.load_state_dict(default.state_dict())
+    with pytest.raises(ValueError, match="weight_init='kaiming' is not one of"):
+        FocalNet.build(image_size=32, patch_size=4, weight_init="kaiming")

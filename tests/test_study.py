@@ -102,17 +102,19 @@ def test_the_committed_studies_keep_their_recipe():
         assert setting(state["reference"], spec.reference) == "{}", path
         assert spec.reference["trainer.precision"] == '"32-true"' and spec.reference["trainer.max_epochs"] == "8"
         assert spec.reference["optim.optimizer.lr"] == "0.004" and spec.reference["data.batch_size"] == "128"
+        assert spec.reference["model.weight_init"] == '"official"'
 
 
 def test_the_digits_studies_keep_the_recipe_of_their_committed_results():
     """experiments/focal_levels/digits/ ran with the default recipe of November 2026; the default has changed since
-    (lr 8e-3, 80 warm-up steps), the digits studies' recipe must not."""
+    (80 warm-up steps, PyTorch's init), the digits studies' recipe must not."""
     from focalnet.study import load_spec
 
     reference = load_spec("focal_levels", "digits").reference
     pinned = {"trainer.max_epochs": 15, "trainer.precision": "32-true", "optim.optimizer.lr": 0.004,
               "optim.warmup_epochs": 1, "optim.warmup_steps": None, "optim.warmup_lr": 1e-6, "optim.min_lr": 1e-5,
-              "optim.optimizer.weight_decay": 0.05, "data.batch_size": 64, "module.label_smoothing": 0.1}
+              "optim.optimizer.weight_decay": 0.05, "data.batch_size": 64, "module.label_smoothing": 0.1,
+              "model.weight_init": "official"}
     assert {k: json.loads(reference[k]) for k in pinned} == pinned
 
 

@@ -90,6 +90,7 @@ class Model(Group):
     use_postln_in_modulation: bool = UNSET
     use_conv_embed: bool = UNSET
     use_overlapped_embed: bool = UNSET
+    weight_init: Literal["official", "timm", "torch"] = UNSET
 
 
 class Augment(Group):

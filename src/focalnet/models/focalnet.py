@@ -15,7 +15,10 @@ Checkpoint formats (official, timm, transformers: import and export), weights fi
 Weight init for training from scratch follows the official code: truncated normal (std 0.02) on every Linear,
 LayerNorm to ones/zeros, and PyTorch's default for the convolutions. timm's choice (truncated normal on the
 convolutions too) is `weight_init="timm"`; with std 0.02 on a 3x3 depthwise kernel each focal level shrinks its
-input about tenfold, so the deeper levels start out nearly silent.
+input about tenfold, so the deeper levels start out nearly silent. `weight_init="torch"` keeps PyTorch's defaults
+everywhere (a Linear's weights uniform in +-1/sqrt(fan_in)): at the card's width 64 that is 3.6x the official std,
+and the modulation q * h(ctx), a product of two such outputs, starts about 13x stronger; small models trained for a
+few hundred steps learn from the first epochs instead of after a few (README, "The default recipe").
 """
 
 from __future__ import annotations
@@ -414,7 +417,8 @@ class FocalNet(nn.Module):
         context: "all_levels" (the gated sum of every level and the global context, the paper) or "top_level"
             (h of the last level's context alone, Table 13's "top level only").
         use_gates: False sums the context terms with weight 1 each (Table 13's "no gating").
-        weight_init: "official" (convs keep PyTorch's default) or "timm" (trunc-normal 0.02 on convs too).
+        weight_init: "official" (trunc-normal 0.02 on Linears, convs keep PyTorch's default), "timm" (trunc-normal
+            0.02 on convs too) or "torch" (PyTorch's defaults everywhere: wider at small widths).
         fast: True (default) runs the fast path: the modulator channels-last with fused gated sums, patch
             embeddings as a Linear over patches, depthwise kernels without the taps that only meet padding.
             False runs the official code's op order (NCHW copies, h as a 1x1 conv, conv embeddings, full kernels).
@@ -492,8 +496,8 @@ class FocalNet(nn.Module):
             raise ValueError(f"context={context!r} is not one of {CONTEXTS}")
         if context == "top_level" and 0 in levels:
             raise ValueError("context='top_level' with focal_levels=0: there is no top level to take the context from")
-        if weight_init not in ("official", "timm"):
-            raise ValueError(f"weight_init={weight_init!r} is not one of ('official', 'timm')")
+        if weight_init not in ("official", "timm", "torch"):
+            raise ValueError(f"weight_init={weight_init!r} is not one of ('official', 'timm', 'torch')")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1)")
 
@@ -650,6 +654,8 @@ class FocalNet(nn.Module):
 
 
 def _init_weights(m: nn.Module, scheme: str) -> None:
+    if scheme == "torch":  # the layers' own reset_parameters() already ran
+        return
     if isinstance(m, nn.Linear) or (scheme == "timm" and isinstance(m, nn.Conv2d)):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
