@@ -51,8 +51,8 @@ ablation: $(STAMP)  ## run a study until every row is decided; report in experim
 SEARCHES ?= asha optuna
 SEARCH_BENCH := hydra.sweeper.n_trials=16 'optim.optimizer.lr=tag(log, interval(1e-4, 3e-2))' \
 	'model.hidden_size=choice(16,32,64)' optim.optimizer.weight_decay=0.05 model.drop_path_rate=0.1 \
-	trainer.max_epochs=9 optim.warmup_epochs=1 optim.warmup_steps=null trainer.precision=32-true logger=csv \
-	callbacks.progress_bar=null
+	trainer.max_epochs=9 optim.warmup_epochs=1 optim.warmup_steps=null model.weight_init=official \
+	trainer.precision=32-true logger=csv callbacks.progress_bar=null
 search-bench: $(STAMP)  ## a 16-trial lr x width search on digits with ASHA against the same search unpruned (~15 min)
 	@for search in $(SEARCHES); do \
 		rm -rf outputs/search_bench/$$search; mkdir -p outputs/search_bench; start=$$(date +%s); \
