@@ -116,7 +116,8 @@ def train(cfg: DictConfig, summary: dict) -> None:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         epoch = torch.load(best, map_location="cpu", mmap=True, weights_only=True)["epoch"]
-        summary["best"] = {"val/acc_top1": trainer.checkpoint_callback.best_model_score.item(), "epoch": epoch}
+        callback = trainer.checkpoint_callback
+        summary["best"] = {callback.monitor or "val/acc_top1": callback.best_model_score.item(), "epoch": epoch}
         summary["best_ckpt"] = best
     if pruning and pruning.pruned_at is not None:  # its search has dropped it: no test of a trial it will not pick
         summary["pruned_at_epoch"] = pruning.pruned_at
