@@ -136,3 +136,24 @@ def test_a_pair_is_made_on_one_machine():
     # Both on Zen 3: seeds 0-2 pair there; on Zen 4 only seeds 3-5 of both run.
     rows = [run(v, s, "zen3") for v in (1, 2) for s in range(3)]
     assert needed(spec, rows, {2: {"verdict": PENDING, "n_pairs": 3}}, here="zen4") == {(3, 4, 5): [1, 2]}
+
+
+def test_a_ledger_without_its_rounds_file_is_refused(tmp_path):
+    """results.csv names each run's recipe by id, rounds.json holds the recipe: copied apart (an older rounds.json
+    beside a newer ledger) the runs would silently not count; the study says so in one line instead."""
+    from pathlib import Path
+
+    from focalnet.study import load_spec, recorded_runs
+
+    folder = tmp_path / "gate_act"
+    shutil.copytree(Path("experiments/gate_act"), folder, ignore=shutil.ignore_patterns("*.png"))
+    shutil.copy(Path("experiments/gate_act/study.yaml"), folder)
+    spec = load_spec("gate_act", "fashion_mnist", experiments=tmp_path)
+    ledger = rows_of(folder / "fashion_mnist/results.csv")
+    assert len(recorded_runs(spec)) == sum(r["status"] == "completed" for r in ledger) > 0
+
+    state = json.loads((folder / "fashion_mnist/rounds.json").read_text())
+    (folder / "fashion_mnist/rounds.json").write_text(json.dumps(state | {"recipe": "0123456789ab"}))
+    with pytest.raises(ValueError, match=r"results.csv: run .* names recipe '[0-9a-f]{12}' but the rounds.json "
+                                         r"beside it '0123456789ab'; copy the two together"):
+        recorded_runs(spec)

@@ -9,7 +9,7 @@ import re
 import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from focalnet.runinfo import one_line
 
@@ -35,13 +35,23 @@ def resolve_trainer_precision(cfg: DictConfig, summary: dict) -> None:
     summary["precision"] = cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
 
 
-def build_trainer(cfg: DictConfig, summary: dict):
+def build_trainer(cfg: DictConfig, summary: dict, ckpt_path: str | None = None):
     """Loggers (W&B name and group filled in from the job), callbacks (the config's and callbacks.always_on) and the
-    Trainer."""
+    Trainer. A run resumed from a checkpoint (resume=auto after SIGTERM or preemption, or ckpt_path=) logs into the
+    W&B run that wrote it: same id, resume="allow" (online W&B appends to it; offline, a second folder
+    offline-run-<time>-<same id> that `wandb sync` uploads into that run)."""
     from hydra.utils import instantiate
 
     resolve_trainer_precision(cfg, summary)
     wandb_cfg = wandb_config(cfg)
+    if wandb_cfg is not None and ckpt_path and not wandb_cfg.get("id"):
+        import torch
+
+        run_id = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("wandb_run_id")
+        if run_id:
+            with open_dict(wandb_cfg):
+                wandb_cfg.id, wandb_cfg.resume = run_id, "allow"
+            summary["wandb_resumed_id"] = run_id
     if wandb_cfg is not None:
         wandb_cfg.name = wandb_cfg.name or summary["override_string"] or None
         if wandb_cfg.group is None and summary["sweep_dir"]:

@@ -90,7 +90,7 @@ class RNGStateInCheckpoint(Callback):
 
 class WandbRunIdInCheckpoint(Callback):
     """Checkpoints name the W&B run that wrote them (`wandb_run_id`, None without one): a run resumed from one logs
-    into that run (job.continue_wandb_run)."""
+    into that run (build.build_trainer)."""
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
         ids = [logger.version for logger in wandb_loggers(trainer)]

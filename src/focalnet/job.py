@@ -4,8 +4,7 @@ A job holds `<run_dir>/.lock` while it runs (job_lock); resume=auto skips a comp
 last.ckpt (resume_state, apply_resume). run_job writes summary.json atomically at each change of status ("running",
 then "completed", "pruned", "failed" or "interrupted"), records each part of a run that was interrupted and
 continued, and requeues a SLURM job warned of preemption. watch_startup bounds the start-up of a multi-process run;
-a resumed run continues the W&B run that wrote its checkpoint (continue_wandb_run); finish closes W&B and the
-process group.
+finish closes W&B and the process group.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from focalnet.record import NotARecord, Status, read_record, write_record
 from focalnet.runinfo import FAILED, git_info, job_info, machine, now, one_line, versions
@@ -292,19 +291,3 @@ def launches_processes(trainer) -> bool:
     """Whether fit() will start the other ranks itself (DDP on one machine), not SLURM or torchrun."""
     environment = getattr(trainer.strategy, "cluster_environment", None)
     return trainer.world_size > 1 and environment is not None and not environment.creates_processes_externally
-
-
-def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None, summary: dict) -> None:
-    """A run resumed from a checkpoint (resume=auto after SIGTERM or preemption, or ckpt_path=) logs into the W&B run
-    that wrote the checkpoint: same id, resume="allow" (online W&B appends to it; offline, a second folder
-    offline-run-<time>-<same id> that `wandb sync` uploads into that run)."""
-    import torch
-
-    wandb = (cfg.get("logger") or {}).get("wandb")  # without _target_ (logger=csv in a study) it is no logger
-    if not ckpt_path or wandb is None or "_target_" not in wandb or wandb.get("id"):
-        return
-    run_id = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("wandb_run_id")
-    if run_id:
-        with open_dict(cfg):
-            cfg.logger.wandb.id, cfg.logger.wandb.resume = run_id, "allow"
-        summary["wandb_resumed_id"] = run_id

@@ -227,11 +227,13 @@ def recorded_runs(spec: Spec) -> list[dict]:
             state = json.loads((path.parent / "rounds.json").read_text())
         except (OSError, ValueError):
             continue
-        references = {state.get("recipe"): state.get("reference") or {}}
+        reference = state.get("reference") or {}
         with open(path, newline="") as f:
             for row in csv.DictReader(f):
-                reference = references.get(row.get("recipe"))
-                if reference is None or row.get("status") != Status.COMPLETED or not row.get("setting"):
+                if row.get("recipe") != state.get("recipe"):  # write_report gives every row the rounds.json's id
+                    raise ValueError(f"{path}: run {row.get('run_dir')!r} names recipe {row.get('recipe')!r} but "
+                                     f"the rounds.json beside it {state.get('recipe')!r}; copy the two together")
+                if row.get("status") != Status.COMPLETED or not row.get("setting"):
                     continue
                 ran = reference | {k: json.dumps(v, sort_keys=True) for k, v in json.loads(row["setting"]).items()}
                 value = by_setting.get(setting(ran, spec.reference))

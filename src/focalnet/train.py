@@ -28,7 +28,6 @@ from focalnet.build import (
 from focalnet.cli import config_dir, run_app
 from focalnet.job import (
     apply_resume,
-    continue_wandb_run,
     job_lock,
     launches_processes,
     rerun_this_job_in_children,
@@ -84,8 +83,7 @@ def train(cfg: DictConfig, summary: dict) -> None:
     module = instantiate(cfg.module, model=model, optim=resolved["optim"], run_config=resolved, _recursive_=False)
     if ckpt_path:
         check_checkpoint(ckpt_path, module)
-    continue_wandb_run(cfg, ckpt_path, summary)
-    trainer = build_trainer(cfg, summary)
+    trainer = build_trainer(cfg, summary, ckpt_path)
     summary["world_size"] = trainer.world_size
     trainer.callbacks.append(FirstStepTimer(summary, started))
     pruning = None
