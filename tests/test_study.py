@@ -147,7 +147,6 @@ def test_a_ledger_without_its_rounds_file_is_refused(tmp_path):
 
     folder = tmp_path / "gate_act"
     shutil.copytree(Path("experiments/gate_act"), folder, ignore=shutil.ignore_patterns("*.png"))
-    shutil.copy(Path("experiments/gate_act/study.yaml"), folder)
     spec = load_spec("gate_act", "fashion_mnist", experiments=tmp_path)
     ledger = rows_of(folder / "fashion_mnist/results.csv")
     assert len(recorded_runs(spec)) == sum(r["status"] == "completed" for r in ledger) > 0

@@ -44,15 +44,15 @@ def build_trainer(cfg: DictConfig, summary: dict, ckpt_path: str | None = None):
 
     resolve_trainer_precision(cfg, summary)
     wandb_cfg = wandb_config(cfg)
-    if wandb_cfg is not None and ckpt_path and not wandb_cfg.get("id"):
-        import torch
-
-        run_id = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("wandb_run_id")
-        if run_id:
-            with open_dict(wandb_cfg):
-                wandb_cfg.id, wandb_cfg.resume = run_id, "allow"
-            summary["wandb_resumed_id"] = run_id
     if wandb_cfg is not None:
+        if ckpt_path and not wandb_cfg.get("id"):
+            import torch
+
+            run_id = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("wandb_run_id")
+            if run_id:
+                with open_dict(wandb_cfg):
+                    wandb_cfg.id, wandb_cfg.resume = run_id, "allow"
+                summary["wandb_resumed_id"] = run_id
         wandb_cfg.name = wandb_cfg.name or summary["override_string"] or None
         if wandb_cfg.group is None and summary["sweep_dir"]:
             wandb_cfg.group = Path(summary["sweep_dir"]).name
