@@ -156,3 +156,34 @@ def test_a_ledger_without_its_rounds_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"results.csv: run .* names recipe '[0-9a-f]{12}' but the rounds.json "
                                          r"beside it '0123456789ab'; copy the two together"):
         recorded_runs(spec)
+
+
+def test_another_studys_unfinished_job_is_not_a_row(tmp_path, monkeypatch):
+    """Studies on one data set share the baseline's runs: a completed one of another study's folder counts, but its
+    job still running (two studies side by side) is no row of this one (it showed as 'running' in every report)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from focalnet.study import compose, load_spec, local_runs
+
+    shutil.copytree(Path("experiments/conv_embed"), tmp_path / "experiments/conv_embed",
+                    ignore=shutil.ignore_patterns("fashion_mnist"))
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec("conv_embed", "fashion_mnist", experiments=Path("experiments"))
+    config = OmegaConf.to_container(compose(spec.folder, ["ablation=fashion_mnist"]), resolve=False)
+    config.pop("hydra")  # what a job's .hydra/config.yaml holds
+
+    def job(folder, seed, status):
+        run = Path("outputs/ablation/fashion_mnist") / folder / f"seed-{seed}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra/config.yaml").write_text(OmegaConf.to_yaml(config))
+        metrics = {"test/acc_top1": 0.9} if status == "completed" else {}
+        (run / "summary.json").write_text(json.dumps({"status": status, "seed": seed, "precision": "32-true",
+                                                      "metrics": metrics}))
+
+    job("normalize_modulator", 8, "completed")
+    job("normalize_modulator", 9, "running")
+    job("conv_embed", 9, "interrupted")
+    found = sorted((r["run_dir"].split("/")[-2], r["seed"], r["status"]) for r in local_runs(spec))
+    assert found == [("conv_embed", 9, "interrupted"), ("normalize_modulator", 8, "completed")]

@@ -200,8 +200,8 @@ def local_runs(spec: Spec, root: Path = RUNS_ROOT) -> list[dict]:
             continue
         value = by_setting.get(setting(recipe(job["config"], r.get("precision")), spec.reference))
         own = spec.runs.resolve() in run_dir.resolve().parents
-        if value is None and not own:
-            continue
+        if not own and (value is None or r["status"] != Status.COMPLETED):
+            continue  # another study's job still running (or stopped) is none of this study's rows
         if value is None:  # one of ours that has not recorded its precision yet (still starting)
             value = report.normalize(_dotted(job["config"], spec.key))
         found.append(r | {"job_config": job, "overrides": {spec.key: value}, "recipe": spec.recipe_id,
@@ -253,7 +253,7 @@ def runs(spec: Spec) -> list[dict]:
             if key in seen:
                 continue
             seen.add(key)
-        elif r["study"] != spec.name or key in seen:
+        elif key in seen:
             continue
         chosen.append(r)
     # A job that failed or was interrupted and then completed in the same folder is one row: the completed one.
