@@ -3,6 +3,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -89,8 +90,6 @@ def test_bad_input_fails_in_one_line(tmp_path, args, message):
 def test_the_committed_studies_keep_their_recipe():
     """A change of the defaults (conf/optim, conf/trainer, a new model switch) must not change what a committed
     study's runs computed: the recipe each rounds.json recorded is the one the study composes today."""
-    from pathlib import Path
-
     from focalnet.study import load_spec, setting
 
     states = sorted(Path("experiments").glob("*/fashion_mnist/rounds.json"))
@@ -141,8 +140,6 @@ def test_a_pair_is_made_on_one_machine():
 def test_a_ledger_without_its_rounds_file_is_refused(tmp_path):
     """results.csv names each run's recipe by id, rounds.json holds the recipe: copied apart (an older rounds.json
     beside a newer ledger) the runs would silently not count; the study says so in one line instead."""
-    from pathlib import Path
-
     from focalnet.study import load_spec, recorded_runs
 
     folder = tmp_path / "gate_act"
@@ -161,8 +158,6 @@ def test_a_ledger_without_its_rounds_file_is_refused(tmp_path):
 def test_another_studys_unfinished_job_is_not_a_row(tmp_path, monkeypatch):
     """Studies on one data set share the baseline's runs: a completed one of another study's folder counts, but its
     job still running (two studies side by side) is no row of this one (it showed as 'running' in every report)."""
-    from pathlib import Path
-
     from omegaconf import OmegaConf
 
     from focalnet.study import compose, load_spec, local_runs
