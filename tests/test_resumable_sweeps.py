@@ -19,7 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import BIN, TINY, job_dir, read_summary, run_cli
-from focalnet.job import apply_resume, job_lock, resume_state
+from focalnet.job import apply_resume, job_lock, requeue_slurm_job, resume_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ("-m", "model.focal_levels=1,2", "seed=0,1", *TINY, "logger=csv", "hydra.sweep.dir=sweep")  # 4 jobs
@@ -284,3 +284,19 @@ def test_job_lock_is_held_by_one_process_and_dies_with_it(tmp_path):
     holder.wait()
     with job_lock(tmp_path) as busy:
         assert busy is False and (tmp_path / ".lock").read_text() == ""
+
+
+def test_a_requeue_that_ends_the_job_before_scontrol_returns_counts(tmp_path, monkeypatch, capsys):
+    # The requeue makes SLURM send SIGTERM to every process of the job, scontrol included, sometimes before scontrol
+    # has read the controller's answer: the requeue took effect, and must not read as failed (CI, a busy host).
+    fake = tmp_path / "scontrol"
+    fake.write_text(f'#!/bin/sh\nkill -TERM $$\necho "$@" > {tmp_path}/asked\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert requeue_slurm_job("123_4")
+    assert (tmp_path / "asked").read_text() == "requeue 123_4\n"
+    assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # unblocked again in this process
+
+    fake.write_text("#!/bin/sh\necho 'Invalid job id specified' >&2\nexit 1\n")
+    assert not requeue_slurm_job("123_4")
+    assert capsys.readouterr().err == "error: scontrol requeue 123_4 failed (exit 1): Invalid job id specified\n"

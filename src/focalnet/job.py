@@ -188,12 +188,21 @@ def slurm_job() -> dict[str, Any]:
 
 def requeue_slurm_job(job_id: str) -> bool:
     """Put the job back into SLURM's queue, as Lightning's auto-requeue does (but after the exact checkpoint)."""
+    import signal
     import subprocess
 
-    result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    # The requeue ends this job: SLURM sends SIGTERM to each of its processes, scontrol among them, and on a busy
+    # host it lands before scontrol has read the controller's answer: a requeue that took effect read as failed
+    # (exit -15). Blocked, the signal waits until scontrol has exited (the mask passes to the child); SIGKILL comes
+    # only after SLURM's KillWait.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        result = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if result.returncode:
-        print(f"error: scontrol requeue {job_id} failed: {one_line(RuntimeError(result.stderr))}", file=sys.stderr,
-              flush=True)
+        print(f"error: scontrol requeue {job_id} failed (exit {result.returncode}): {result.stderr.strip()}",
+              file=sys.stderr, flush=True)
     return result.returncode == 0
 
 
