@@ -675,7 +675,8 @@ def plot_forest(out: Path, configs: list[dict], keys: list[str], design: Design)
                         + f"\n{verdict_text(c, design)}, n={c['n_pairs']}" for c in reversed(rows)], fontsize=8)
     ax.set(xlabel="Δ test top-1 vs baseline (points), repeated confidence interval",
            title=f"Paired differences, α = {design.alpha:g} family-wise over {design.rows} row(s)")
-    ax.legend(fontsize="small", loc="best")
+    # Outside the axes: with one or two rows any place inside covers an interval.
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, axis="x")
     return _save(fig, out / "forest.png")
 
