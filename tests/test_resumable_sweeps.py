@@ -297,6 +297,6 @@ def test_a_requeue_that_ends_the_job_before_scontrol_returns_counts(tmp_path, mo
     assert (tmp_path / "asked").read_text() == "requeue 123_4\n"
     assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # unblocked again in this process
 
-    fake.write_text("#!/bin/sh\necho 'Invalid job id specified' >&2\nexit 1\n")
+    fake.write_text("#!/bin/sh\necho 'Invalid job id specified' >&2\necho 'second line' >&2\nexit 1\n")
     assert not requeue_slurm_job("123_4")
     assert capsys.readouterr().err == "error: scontrol requeue 123_4 failed (exit 1): Invalid job id specified\n"

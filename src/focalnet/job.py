@@ -201,7 +201,8 @@ def requeue_slurm_job(job_id: str) -> bool:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if result.returncode:
-        print(f"error: scontrol requeue {job_id} failed (exit {result.returncode}): {result.stderr.strip()}",
+        first = next(iter(result.stderr.strip().splitlines()), "")  # one line, as every error the jobs print
+        print(f"error: scontrol requeue {job_id} failed (exit {result.returncode})" + (f": {first}" if first else ""),
               file=sys.stderr, flush=True)
     return result.returncode == 0
 
