@@ -26,10 +26,11 @@ install: $(STAMP)  ## create .venv and install the project (torch pinned)
 train: $(STAMP)  ## train the default FocalNet on the embedded digits data (ARGS=overrides)
 	$(BIN)/focalnet-train $(ARGS)
 
-# Two workers, one test file each at a time: most tests start focalnet-train in a subprocess, whose one-threaded
-# Python start-up leaves a core idle; on 2 cores the suite took 500 s this way against 765 s serially.
+# Two workers, one test file each at a time, the longest files first (tests/conftest.py): most tests start
+# focalnet-train in a subprocess, whose one-threaded Python start-up leaves a core idle; on 2 cores the suite took
+# 500 s this way against 765 s serially.
 test: $(STAMP)  ## run the test suite (2 workers; ARGS="-n 0" runs it serially)
-	$(BIN)/pytest -q -n 2 --dist loadfile $(ARGS)
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(ARGS)
 
 lint: $(STAMP)  ## ruff over the code and tests
 	$(BIN)/ruff check src tests

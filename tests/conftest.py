@@ -18,8 +18,17 @@ BIN = Path(sys.executable).parent
 NO_GPU = "needs a CUDA GPU: none here (make device-check runs the GPU tests where one is)"
 
 
+# pytest-xdist (make test: --dist loadfile --no-loadscope-reorder) hands the files out in collection order: the two
+# workers finish together only when the longest files start first (alphabetically, or by test count, they came last).
+LONGEST_FIRST = ("test_search.py", "test_study.py", "test_reliability.py", "test_sweeps.py", "test_resumable_sweeps.py",
+                 "test_train.py", "test_resume.py", "test_threads.py", "test_export.py", "test_slurm.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` (tests/test_gpu.py) skip with one reason where torch sees no CUDA GPU."""
+    """The longest files first (LONGEST_FIRST); tests marked `gpu` (tests/test_gpu.py) skip with one reason where
+    torch sees no CUDA GPU."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return

@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from PIL import Image
 
 import focalnet
 from focalnet import schema
@@ -81,7 +82,9 @@ def test_card_sweep_axes_override(tmp_path):
 
 @pytest.mark.parametrize("name", options("data"))
 def test_data_options(name, tmp_path):
-    (tmp_path / "a_class").mkdir()  # imagefolder counts its class folders when built (data.num_classes=auto)
+    for folder in ("a_class", "b_class"):  # imagefolder counts its class folders (at least 2), reads an image of each
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "0.png")
     cfg = compose_train([f"data={name}", f"data.root={tmp_path}"], tmp_path)
     datamodule = instantiate(cfg.data, _convert_="all")
     assert datamodule.batch_size == cfg.data.batch_size

@@ -1,6 +1,8 @@
 """focalnet-export: a run's checkpoint as transformers, timm and the official code load it, back to the same logits."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +65,23 @@ def test_what_cannot_be_exported_fails_in_one_line(checkpoint, tmp_path, capsys)
         export.main([str(tmp_path / "w.pth"), "--format", "hf", "--out", str(tmp_path / "hf")])
     assert "no config.json in" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists() and not (tmp_path / "t.pth").exists()
+
+
+@pytest.mark.parametrize("fmt, out", [("official", "w.pth"), ("hf", "hf"), ("timm", "w.safetensors")])
+def test_an_unwritable_out_is_named_with_the_os_reason(tmp_path, capsys, fmt, out):
+    src = focalnet.create_model("focalnet_tiny_srf", num_classes=2, embed_dim=16, depths=(1, 1, 1, 1))
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    if os.access(folder, os.W_OK):  # root ignores the mode; sysfs refuses new files even to root
+        folder = Path("/sys")
+        if not folder.is_dir():
+            pytest.skip("root, and no /sys: no folder it cannot write into")
+    with pytest.raises(SystemExit) as exit_:
+        export.main([str(tmp_path / "w.pth"), "--model", "focalnet_tiny_srf", "--set", "embed_dim=16",
+                     "--set", "depths=[1,1,1,1]", "--format", fmt, "--out", str(folder / out)])  # fmt: skip
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"focalnet-export: error: --out {folder / out} cannot be written: ")
+    assert err.rstrip().endswith(("Permission denied", "Operation not permitted", "Read-only file system"))
+    assert not (folder / out).exists() and not list(folder.glob("*.partial"))

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import focalnet
+from conftest import TINY, read_summary, run_cli
 from focalnet.module import ClassificationModule, param_groups, warmup_cosine
 from test_config import compose_train
 from test_reliability import run_in_process
@@ -205,3 +206,32 @@ def test_finetune_without_weights_fails_in_one_line(tmp_path, capsys, monkeypatc
         "focalnet-train .ckpt file, or a hub id)"
     ]
     assert not list(run_dir.rglob("*.ckpt"))
+
+
+def test_a_pretrained_file_that_is_no_checkpoint_fails_in_one_line(tmp_path):
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    result = run_cli("focalnet-train", *TINY, "logger=none", f"model.pretrained={tmp_path / 'passwd'}",
+                     "hydra.run.dir=run", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert error.startswith(
+        f"error: model.pretrained={tmp_path / 'passwd'} is not a checkpoint in any known layout: a torch.save'd state "
+        "dict, alone or under model, state_dict or model_ema (.pth, .pt, .bin, a Lightning .ckpt), a .safetensors "
+        "file, a transformers folder or a hub id ("
+    )  # fmt: skip
+    assert read_summary(tmp_path / "run")["status"] == "failed" and not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("classes", [10, 5])  # digits' count: the head fits but for its width; another count
+def test_weights_of_another_width_fail_on_the_first_key_without_a_new_head(tmp_path, classes):
+    wider = focalnet.create_model("focalnet_card", num_classes=classes, image_size=32, patch_size=4, in_channels=1,
+                                  hidden_size=32, num_layers=1)  # fmt: skip
+    torch.save(wider.state_dict(), tmp_path / "w32.pth")
+    result = run_cli("focalnet-train", *TINY, "logger=none", f"model.pretrained={tmp_path / 'w32.pth'}",
+                     "hydra.run.dir=run", cwd=tmp_path)  # TINY: model.hidden_size=16  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [
+        "error: checkpoint key patch_embed.proj.weight has shape (32, 1, 4, 4) but the model expects (16, 1, 4, 4)"
+    ]
+    assert "re-initialised" not in result.stderr
+    assert read_summary(tmp_path / "run")["status"] == "failed" and not list(tmp_path.rglob("*.ckpt"))

@@ -382,6 +382,33 @@ def test_gemm_choice_is_measured_once_per_shape_and_reused_from_the_machine_cach
     assert set(gemm.gemm_choices().values()) == {"conv"}
 
 
+def test_gemm_choice_recorded_first_wins_and_a_checkpoint_carries_the_choices(monkeypatch, tmp_path):
+    """Two processes that measured one shape at once keep the first recorded choice (a run and its resumed part must
+    compute alike), and a checkpoint's choices win over the machine's cache in the process that loads it."""
+    from focalnet.callbacks import GemmChoicesInCheckpoint
+    from focalnet.models import gemm
+
+    monkeypatch.setenv("FOCALNET_GEMM", "auto")
+    monkeypatch.setenv("FOCALNET_CACHE", str(tmp_path))
+    monkeypatch.setattr(gemm, "_CHOICES", {})
+    monkeypatch.setattr(gemm, "_LOADED", set())
+    key = f"float32 10 8 16 1 1 {torch.get_num_threads()}"  # Dense(8, 16) on [10, 8] inputs, training
+    assert gemm._remember(key, "conv") == "conv"
+    monkeypatch.setattr(gemm, "_CHOICES", {})  # another process, which measured "linear" for the same shape
+    assert gemm._remember(key, "linear") == "conv" and gemm.gemm_choices() == {key: "conv"}
+    checkpoint = {}
+    GemmChoicesInCheckpoint().on_save_checkpoint(None, None, checkpoint)
+    assert checkpoint["gemm_choices"] == {key: "conv"}
+
+    # A new process that resumes from a checkpoint whose run chose "linear": the machine's "conv" gives way.
+    monkeypatch.setattr(gemm, "_CHOICES", {})
+    monkeypatch.setattr(gemm, "_LOADED", set())
+    monkeypatch.setattr(gemm, "_measure", lambda *a: pytest.fail("measured again"))
+    GemmChoicesInCheckpoint().on_load_checkpoint(None, None, {"gemm_choices": {key: "linear"}})
+    gemm.Dense(8, 16)(torch.randn(10, 8, requires_grad=True))
+    assert gemm.gemm_choices()[key] == "linear"
+
+
 def test_gemm_measurement_leaves_flop_counts_alone(monkeypatch, tmp_path):
     from focalnet.models import gemm
 

@@ -207,6 +207,25 @@ def test_bad_search_input_fails_in_one_line(tmp_path, overrides, error):
         assert [t.state for t in load_study(tmp_path / "search").trials] == [State.FAIL]
 
 
+@pytest.mark.parametrize(
+    ("search", "override", "error"),
+    [
+        ("optuna", "hydra.sweeper.n_trials=-1", "hydra.sweeper.n_trials=-1 must be an integer >= 1"),
+        ("asha", "search.pruner=foo",
+         "search.pruner='foo' must be null or {_target_: optuna.pruners.<name>, ...}, <name> one of MedianPruner, "
+         "PercentilePruner, SuccessiveHalvingPruner, HyperbandPruner, ThresholdPruner, PatientPruner, NopPruner "
+         "(hparams_search=median, asha and hyperband set one)"),
+    ],
+)  # fmt: skip
+def test_a_bad_search_setting_is_refused_before_the_study_is_made(tmp_path, search, override, error):
+    result = run_cli("focalnet-train", f"hparams_search={search}", override, *TINY, "logger=none",
+                     "hydra.sweep.dir=search", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [f"error: {error}"]
+    assert "Traceback" not in result.stderr
+    assert list((tmp_path / "search").iterdir()) == []  # no optuna.db, no results, no trial
+
+
 @pytest.mark.parametrize("search", ["hyperband", "asha"])  # median: the tests above
 def test_each_pruned_search_config_runs_a_trial(tmp_path, search):
     # The pruner is made again in the job, from its resolved config (hyperband's max_resource: trainer.max_epochs).

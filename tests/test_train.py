@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -226,6 +227,8 @@ def test_ddp_on_two_cpu_processes_makes_one_run(tmp_path):
     assert summary["status"] == "completed" and "test/acc_top1" in summary["metrics"]
     assert len(list(tmp_path.rglob("summary.json"))) == 1
     assert len(list(run_dir.glob("wandb/offline-run-*"))) == 1
+    if "OMP_NUM_THREADS" not in os.environ:  # each rank computes on its share of the cores, as the summary says
+        assert summary["threads"]["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 def test_a_rank_failing_at_start_up_stops_every_rank_within_the_bound(tmp_path):

@@ -1,6 +1,10 @@
 """focalnet: train, sweep and ablate FocalNets (Focal Modulation Networks) with Lightning, Hydra and W&B."""
 
-from focalnet.models import (
+from focalnet.threads import passive_wait_by_default
+
+passive_wait_by_default()  # before torch loads OpenMP, which reads it once
+
+from focalnet.models import (  # noqa: E402 (after the wait policy)
     MODEL_CONFIGS,
     FocalNet,
     convert_state_dict,

@@ -36,10 +36,11 @@ def resolve_trainer_precision(cfg: DictConfig, summary: dict) -> None:
 
 
 def build_trainer(cfg: DictConfig, summary: dict, ckpt_path: str | None = None):
-    """Loggers (W&B name and group filled in from the job), callbacks (the config's and callbacks.always_on) and the
-    Trainer. A run resumed from a checkpoint (resume=auto after SIGTERM or preemption, or ckpt_path=) logs into the
-    W&B run that wrote it: same id, resume="allow" (online W&B appends to it; offline, a second folder
-    offline-run-<time>-<same id> that `wandb sync` uploads into that run)."""
+    """CPU threads (focalnet.threads, recorded in the summary), loggers (W&B name and group filled in from the
+    job), callbacks (the config's and callbacks.always_on) and the Trainer. A run resumed from a checkpoint
+    (resume=auto after SIGTERM or preemption, or ckpt_path=) logs into the W&B run that wrote it: same id,
+    resume="allow" (online W&B appends to it; offline, a second folder offline-run-<time>-<same id> that `wandb sync`
+    uploads into that run)."""
     from hydra.utils import instantiate
 
     resolve_trainer_precision(cfg, summary)
@@ -62,12 +63,15 @@ def build_trainer(cfg: DictConfig, summary: dict, ckpt_path: str | None = None):
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     from focalnet.callbacks import always_on
+    from focalnet.threads import threads_used
 
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not loggers:  # logger=none: the learning rate has nowhere to go, and LearningRateMonitor would refuse to run
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return instantiate(cfg.trainer, callbacks=callbacks + always_on(), logger=loggers or False)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks + always_on(), logger=loggers or False)
+    summary["threads"] = threads_used(cfg.trainer.get("threads"))
+    return trainer
 
 
 class SummaryWarnings(logging.Handler):

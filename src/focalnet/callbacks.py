@@ -4,6 +4,7 @@ ones train.py adds itself."""
 from __future__ import annotations
 
 import logging
+import math
 import random
 import signal
 import sys
@@ -12,9 +13,12 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from focalnet.models.gemm import adopt_choices, gemm_choices
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +33,65 @@ def progress_bar(refresh_rate: int = 1) -> ProgressBar:
 def always_on() -> list[Callback]:
     """What every focalnet-train and focalnet-eval Trainer gets, whatever the config: exact resume, W&B continuity and
     the logged metrics depend on them, so they are no config option."""
-    return [Throughput(), RNGStateInCheckpoint(), WandbRunIdInCheckpoint(), WandbConfusionMatrix()]
+    return [Throughput(), RNGStateInCheckpoint(), GemmChoicesInCheckpoint(), WandbRunIdInCheckpoint(),
+            WandbConfusionMatrix()]
 
 
 def wandb_loggers(trainer) -> list[WandbLogger]:
     return [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
+
+
+class ModelCheckpoint(LightningModelCheckpoint):
+    """Lightning's ModelCheckpoint, but a tie on the monitored metric goes to the lower `tie_breaker` (val/loss): on
+    a small validation set many epochs share the best top-1, and the first of them is rarely the best model.
+    Lightning keeps the first (its comparison is strict); here an equal score with a lower loss replaces it, and
+    `best_model_path` is the tied checkpoint with the lowest loss. Same class name: the checkpoints' callback state
+    key (the class name, monitor, mode, ...) stays Lightning's, so runs saved before resume with their best."""
+
+    def __init__(self, *args, tie_breaker: str | None = "val/loss", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tie_breaker = tie_breaker
+        self.tie_values: dict[str, float] = {}  # each kept checkpoint's tie_breaker value
+
+    def _tie_value(self, metrics: dict) -> float:
+        value = metrics.get(self.tie_breaker) if self.tie_breaker else None
+        return math.inf if value is None else float(value)
+
+    def _rank(self, path: str) -> tuple[float, float]:
+        """Higher is better: the monitored score (by mode), then the lower tie-breaker."""
+        score = float(self.best_k_models[path])
+        return score if self.mode == "max" else -score, -self.tie_values.get(path, math.inf)
+
+    def check_monitor_top_k(self, trainer, current=None) -> bool:
+        if current is None:
+            return False
+        if super().check_monitor_top_k(trainer, current):
+            return True
+        kth = self.kth_best_model_path  # the checkpoint this one would replace
+        tie = bool(current == self.best_k_models[kth]) and (
+            self._tie_value(trainer.callback_metrics) < self.tie_values.get(kth, math.inf)
+        )
+        return trainer.strategy.reduce_boolean_decision(tie)  # every rank decides alike
+
+    def _update_best_and_save(self, current, trainer, monitor_candidates) -> None:
+        value = self._tie_value(monitor_candidates)
+        super()._update_best_and_save(current, trainer, monitor_candidates)
+        # Lightning stored `current` under the new checkpoint's path (as current_score); among ties it picks by
+        # insertion order, so the best and the next to replace are picked again, by score then tie-breaker.
+        new = next(path for path, score in self.best_k_models.items() if score is self.current_score)
+        self.tie_values = {path: self.tie_values.get(path, math.inf) for path in self.best_k_models} | {new: value}
+        if self.kth_best_model_path in self.best_k_models:
+            self.kth_best_model_path = min(self.best_k_models, key=self._rank)
+            self.kth_value = self.best_k_models[self.kth_best_model_path]
+        self.best_model_path = max(self.best_k_models, key=self._rank)
+        self.best_model_score = self.best_k_models[self.best_model_path]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "tie_values": self.tie_values}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.tie_values = state_dict.get("tie_values", {})
 
 
 class Throughput(Callback):
@@ -88,6 +146,17 @@ class RNGStateInCheckpoint(Callback):
                 torch.cuda.set_rng_state_all(states["cuda"])
 
 
+class GemmChoicesInCheckpoint(Callback):
+    """Checkpoints keep the dense layers' kernel choices (`gemm_choices`, focalnet.models.gemm): a run resumed on
+    another node, or after the machine's cache changed, computes with the kernels of the run that never stopped."""
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint["gemm_choices"] = gemm_choices()
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        adopt_choices(checkpoint.get("gemm_choices") or {})
+
+
 class WandbRunIdInCheckpoint(Callback):
     """Checkpoints name the W&B run that wrote them (`wandb_run_id`, None without one): a run resumed from one logs
     into that run (build.build_trainer)."""
@@ -117,13 +186,18 @@ class WandbConfusionMatrix(Callback):
 
 class FirstStepTimer(Callback):
     """Puts `time_to_first_step_s` into the run's summary: seconds from `start` (the job's start) to its first
-    training batch, i.e. what every job of a sweep pays before it learns (data, model, DDP start-up, sanity check)."""
+    training batch, i.e. what every job of a sweep pays before it learns (data, model, DDP start-up, sanity check);
+    and the CPU threads that batch runs on (Lightning's DDP launcher divides the cores among the ranks it starts
+    after the Trainer was made and the summary first said)."""
 
     def __init__(self, summary: dict, start: float):
         self.summary, self.start = summary, start
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        self.summary.setdefault("time_to_first_step_s", round(time.perf_counter() - self.start, 3))
+        if "time_to_first_step_s" not in self.summary:
+            self.summary["time_to_first_step_s"] = round(time.perf_counter() - self.start, 3)
+            if "threads" in self.summary:
+                self.summary["threads"]["threads"] = torch.get_num_threads()
 
 
 class CheckpointOnInterrupt(Callback):

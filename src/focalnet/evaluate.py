@@ -37,6 +37,8 @@ def evaluate(cfg: DictConfig, summary: dict) -> None:
         seed=L.seed_everything(cfg.seed, workers=True),
     )
 
+    if data_cfg.get("image_size") == "auto":  # other images (data=imagefolder): at the size the model trained at
+        data_cfg.image_size = run_cfg.data.image_size
     datamodule = instantiate(data_cfg, _convert_="all")
     if datamodule.num_classes != module.num_classes:
         raise ValueError(f"data.num_classes={datamodule.num_classes} but the checkpoint's model has "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 
@@ -64,23 +65,33 @@ def load_source(source: str, name: str | None, overrides: dict):
 
 
 def export(model, fmt: str, out: Path, class_names=None) -> Path:
+    """Write `model` in `fmt` to `out`; an OSError means `out` cannot be written (no partial file is left)."""
+    from safetensors.torch import save
+
     state = export_state_dict(model, fmt)
     if fmt == "hf":
-        from safetensors.torch import save_file
-
         config = hf_config(model, class_names)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+        write(out / "model.safetensors", lambda f: f.write(save(state, metadata={"format": "pt"})))
+        write(out / "config.json", lambda f: f.write((json.dumps(config, indent=2) + "\n").encode()))
+    elif fmt == "timm" and out.suffix == ".safetensors":
+        write(out, lambda f: f.write(save(state)))
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "timm" and out.suffix == ".safetensors":
-            from safetensors.torch import save_file
-
-            save_file(state, str(out))
-        else:
-            torch.save({"model": state} if fmt == "official" else state, out)
+        write(out, lambda f: torch.save({"model": state} if fmt == "official" else state, f))
     return out
+
+
+def write(path: Path, save) -> None:
+    """save(file) into a file beside `path`, renamed to it at the end: a failed write leaves no partial file. Through
+    Python's open, so that an unwritable place fails with the OS's reason (torch.save's own names no path of ours)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with open(partial, "wb") as f:
+            save(f)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,10 +102,15 @@ def main(argv: list[str] | None = None) -> None:
         if not Path(args.class_names).is_file():
             parser.error(f"--class-names {args.class_names}: no such file")
         names = [line.strip() for line in Path(args.class_names).read_text().splitlines() if line.strip()]
-    try:
+    try:  # every failure is the user's input here: one line, exit 2
         model, from_ckpt = load_source(args.source, args.model, dict(args.set))
+    except Exception as e:
+        parser.error(f"{args.source}: {one_line(e)}")
+    try:
         out = export(model.eval(), args.format, args.out, names or from_ckpt)
-    except Exception as e:  # every failure is the user's input here: one line, exit 2
+    except OSError as e:  # export reads nothing: only writing --out fails this way
+        parser.error(f"--out {args.out} cannot be written: {e.strerror or one_line(e)}")
+    except Exception as e:  # what the format cannot hold of the source's model
         parser.error(f"{args.source}: {one_line(e)}")
     print(out)
 

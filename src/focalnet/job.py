@@ -1,10 +1,11 @@
 """A job's lifecycle, from its start to its summary.json, for every command-line tool that runs Hydra jobs.
 
 A job holds `<run_dir>/.lock` while it runs (job_lock); resume=auto skips a completed job or points it at its
-last.ckpt (resume_state, apply_resume). run_job writes summary.json atomically at each change of status ("running",
-then "completed", "pruned", "failed" or "interrupted"), records each part of a run that was interrupted and
-continued, and requeues a SLURM job warned of preemption. watch_startup bounds the start-up of a multi-process run;
-finish closes W&B and the process group.
+last.ckpt, or at its newest intact checkpoint where last.ckpt does not load (resume_state, apply_resume). run_job
+writes summary.json atomically at each change of status ("running", then "completed", "pruned", "failed" or
+"interrupted"), records each part of a run that was interrupted or killed and continued, and requeues a SLURM job
+warned of preemption. watch_startup bounds the start-up of a multi-process run; finish closes W&B and the process
+group.
 """
 
 from __future__ import annotations
@@ -15,20 +16,71 @@ import os
 import sys
 import time
 import traceback
+import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from focalnet.record import NotARecord, Status, read_record, write_record
+from focalnet.record import KILLED, NotARecord, Status, read_record, write_record
 from focalnet.runinfo import FAILED, git_info, job_info, machine, now, one_line, versions
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint a run cannot start from: `path` is `why` (empty, truncated, another model's, ...). A run that
+    fails on one records it (the summary's bad_checkpoint): resume=auto continues that run all the same."""
+
+    def __init__(self, path, why: str):
+        super().__init__(f"ckpt_path={path} is {why}")
+        self.path, self.why = str(path), why
+
+
+def read_checkpoint(path) -> dict:
+    """The checkpoint in `path` as focalnet's tools load one: weights only and memory-mapped, so its tensors stay on
+    disk and loading it is a cheap test that the file is intact. A file that is not one fails in one line naming it
+    and saying why (torch's own error is an errno, or advice about zipfile serialization)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"ckpt_path={path}: no such file") from None
+    except Exception as error:
+        raise CheckpointError(path, unreadable(path, error)) from None
+
+
+def unreadable(path, error: Exception) -> str:
+    """Why torch.load failed on `path`, as the file shows it (torch.save writes a zip archive)."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "empty (0 bytes)"
+    with open(path, "rb") as file:
+        zipped = file.read(4) == b"PK\x03\x04"
+    if not zipped:
+        return "not a checkpoint (not the zip archive torch.save writes)"
+    if not zipfile.is_zipfile(path):
+        return f"truncated ({size} bytes, the end of its zip archive is missing)"
+    return f"not a readable training checkpoint ({one_line(error)})"
+
+
+def loads(path: Path) -> bool:
+    """Whether `path` is an intact checkpoint (read_checkpoint)."""
+    try:
+        read_checkpoint(path)
+    except (CheckpointError, OSError):
+        return False
+    return True
 
 
 def resume_state(run_dir: Path) -> tuple[str, dict | None]:
-    """resume=auto's rule: completed or pruned -> "skip"; a checkpoints/last.ckpt and not failed -> "resume"; else
-    "scratch"."""
+    """resume=auto's rule: completed or pruned -> "skip"; failed -> "scratch", unless a checkpoint failed it (its
+    summary's bad_checkpoint, or a last.ckpt that does not load: the summaries of earlier versions) -> "resume";
+    a checkpoints/last.ckpt -> "resume"; else "scratch"."""
     try:
         record = read_record(run_dir / "summary.json")
         status, summary = record.status, record.model_dump(mode="json", exclude_unset=True)
@@ -36,14 +88,44 @@ def resume_state(run_dir: Path) -> tuple[str, dict | None]:
         status, summary = None, None
     if status is not None and status.ended_well:
         return "skip", summary
-    if status != Status.FAILED and (run_dir / "checkpoints" / "last.ckpt").is_file():
-        return "resume", summary
-    return "scratch", summary
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if status == Status.FAILED:
+        on_checkpoint = summary.get("bad_checkpoint") or (last.is_file() and not loads(last))
+        return ("resume" if on_checkpoint else "scratch"), summary
+    return ("resume" if last.is_file() else "scratch"), summary
 
 
-def apply_resume(cfg: DictConfig, run_dir: Path) -> dict | None:
+def resume_checkpoint(run_dir: Path) -> tuple[str | None, str | None]:
+    """The checkpoint resume=auto continues `run_dir` from, and a warning where it is not checkpoints/last.ckpt.
+    Where last.ckpt does not load: the run's other checkpoint that loads and holds the most training (the highest
+    global_step, which copies and touches do not change as they do mtimes; the newer file on a tie); with none,
+    None: the run starts over."""
+    folder = run_dir / "checkpoints"
+    last = folder / "last.ckpt"
+    try:
+        read_checkpoint(last)
+        return str(last), None
+    except FileNotFoundError:
+        problem = f"{last} is missing"
+    except CheckpointError as error:
+        problem = f"{last} is {error.why}"
+    found = []
+    for path in set(folder.glob("*.ckpt")) - {last}:
+        try:
+            checkpoint = read_checkpoint(path)
+        except (CheckpointError, OSError):
+            continue
+        found.append((checkpoint.get("global_step") or 0, path.stat().st_mtime, path, checkpoint.get("epoch")))
+    if not found:
+        return None, f"resume=auto: {problem} and no other checkpoint in {folder} loads: the run starts over"
+    step, _, path, epoch = max(found, key=lambda f: f[:2])
+    return str(path), f"resume=auto: {problem}; resuming from {path} (epoch {epoch}, step {step}) instead"
+
+
+def apply_resume(cfg: DictConfig, run_dir: Path, warnings: list[str] | None = None) -> dict | None:
     """With resume=auto: a completed job's summary (the caller skips the job), else None after pointing
-    cfg.ckpt_path at the job's last.ckpt when it should resume. A ckpt_path given by the user wins. A job that SLURM
+    cfg.ckpt_path at the checkpoint the job resumes from (resume_checkpoint: a fallback or a start over is logged
+    and appended to `warnings`, for the job's summary). A ckpt_path given by the user wins. A job that SLURM
     started again (requeued after preemption: SLURM_RESTART_COUNT > 0) resumes as with resume=auto."""
     if cfg.get("resume") != "auto" and not int(os.environ.get("SLURM_RESTART_COUNT") or 0):
         return None  # null, or a bad value that the job then fails on (focalnet.schema)
@@ -52,7 +134,11 @@ def apply_resume(cfg: DictConfig, run_dir: Path) -> dict | None:
         print(f"resume=auto: {run_dir} {summary['status']} earlier, skipped", flush=True)
         return summary
     if state == "resume" and not cfg.ckpt_path:
-        cfg.ckpt_path = str(run_dir / "checkpoints" / "last.ckpt")
+        cfg.ckpt_path, warning = resume_checkpoint(run_dir)
+        if warning:
+            log.warning(warning)
+            if warnings is not None:
+                warnings.append(warning)
     return None
 
 
@@ -78,11 +164,13 @@ def job_lock(run_dir: Path):
         yield False
 
 
-def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None]) -> dict[str, Any]:
+def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None],
+            warnings: list[str] | None = None) -> dict[str, Any]:
     """Run `body(cfg, summary)` as one Hydra job: summary.json "running" -> "completed"/"failed", one W&B run.
 
     Exceptions become a failed summary, `error: <one line>` on stderr and the traceback in error.log; the process
-    environment and sys.argv are restored afterwards, so the next job of a sweep starts clean.
+    environment and sys.argv are restored afterwards, so the next job of a sweep starts clean. `warnings`: what
+    the job's start said before it ran (apply_resume), for the summary.
     """
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -93,13 +181,16 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
     info = job_info(app)
     run_dir = Path(info["run_dir"])
     rank_zero = rank_zero_only.rank == 0
+    # A run that continues an unfinished one in this folder (resume=auto, a SLURM requeue) keeps its history: each
+    # part's start, end, wall time and how it stopped; the run's wall time is the sum. Read before this start
+    # writes into the folder (git.diff, summary.json): a killed part's end is the folder's last write.
+    parts = earlier_parts(run_dir, cfg.get("ckpt_path"))
     summary: dict[str, Any] = {"status": Status.RUNNING, "error": None, "task": cfg.get("task_name"), **info}
     summary["seed"] = cfg.get("seed")
     summary.update(git=git_info(run_dir=run_dir if rank_zero else None), versions=versions(), machine=machine(),
                    started_at=now(), finished_at=None)
-    # A run that continues an interrupted one in this folder (resume=auto, a SLURM requeue) keeps its history: each
-    # part's start, end, wall time and how it stopped; the run's wall time is the sum.
-    parts = earlier_parts(run_dir, cfg.get("ckpt_path"))
+    if warnings:
+        summary["warnings"] = list(warnings)
     part: dict[str, Any] = {"started_at": summary["started_at"], "host": info["host"], **slurm_job()}
     summary.update(parts=[*parts, part], requeues=sum(p.get("requeued", False) for p in parts))
     summary["started_at"] = (parts[0].get("started_at") if parts else None) or part["started_at"]
@@ -117,6 +208,8 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
         summary["status"] = Status.PRUNED if summary.get("pruned_at_epoch") is not None else Status.COMPLETED
     except Exception as error:
         summary.update(status=Status.FAILED, error=one_line(error))
+        if isinstance(error, CheckpointError):
+            summary["bad_checkpoint"] = error.path
         if rank_zero:
             (run_dir / "error.log").write_text(traceback.format_exc())
         else:  # where rank 0 reads it when the process group never formed (watch_startup)
@@ -162,18 +255,40 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None])
 
 
 def earlier_parts(run_dir: Path, ckpt_path: str | None) -> list[dict]:
-    """The parts of the run this start continues: those of the summary in `run_dir` when that run was interrupted
-    and this start resumes from a checkpoint inside `run_dir` (resume=auto, a SLURM requeue); else none."""
+    """The parts of the run this start continues: those of the summary in `run_dir` when that run did not end well
+    (interrupted, killed, failed) and this start resumes from a checkpoint inside `run_dir`
+    (resume=auto, a SLURM requeue); else none. A summary still "running" was killed (SIGKILL, the OOM killer, a
+    lost node: this start holds the job's lock, which the OS released when that process died): its last part is
+    recorded as killed, ended at the folder's last write."""
     try:
         earlier = read_record(run_dir / "summary.json").model_dump(mode="json", exclude_unset=True)
     except NotARecord:
         return []
-    if not ckpt_path or earlier["status"] != Status.INTERRUPTED or run_dir.resolve() not in Path(ckpt_path).resolve(
-    ).parents:  # fmt: skip
+    inside = ckpt_path and run_dir.resolve() in Path(ckpt_path).resolve().parents
+    if not inside or Status(earlier["status"]).ended_well:
         return []
     # A summary written before parts were recorded: the run's one earlier part, as far as it was recorded.
     keys = ("started_at", "finished_at", "wall_time_s", "status", "host")
-    return earlier.get("parts") or [{k: earlier.get(k) for k in keys}]
+    parts = earlier.get("parts") or [{k: earlier.get(k) for k in keys}]
+    if earlier["status"] == Status.RUNNING:
+        parts[-1].update(status=KILLED, **killed_at(run_dir, parts[-1].get("started_at")))
+    return parts
+
+
+def killed_at(run_dir: Path, started_at: str | None) -> dict[str, Any]:
+    """A killed part's end and wall time, from the newest file it wrote in `run_dir` (a checkpoint, summary.json,
+    the loggers' files, which the CSV and W&B loggers write as they log). Not .hydra/ nor the *.log files: this
+    start has rewritten or appended to them already."""
+    try:
+        written = max((p.stat().st_mtime for p in run_dir.rglob("*") if p.is_file() and p.suffix != ".log"
+                       and ".hydra" not in p.relative_to(run_dir).parts), default=None)  # fmt: skip
+    except OSError:  # a file gone meanwhile (W&B's service may still be closing the killed run's): no estimate
+        return {}
+    if written is None or not started_at:
+        return {}
+    end = datetime.fromtimestamp(written, timezone.utc)
+    wall_time = max(0.0, (end - datetime.fromisoformat(started_at)).total_seconds())
+    return {"finished_at": end.isoformat(timespec="milliseconds"), "wall_time_s": round(wall_time, 3)}
 
 
 def slurm_job() -> dict[str, Any]:

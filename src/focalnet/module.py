@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -21,7 +22,10 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from focalnet import schema
+from focalnet.job import CheckpointError, read_checkpoint
 from focalnet.runinfo import one_line
+
+log = logging.getLogger(__name__)
 
 
 def layer_id(name: str, depths: Sequence[int]) -> int:
@@ -89,6 +93,16 @@ def warmup_cosine(
     return LambdaLR(optimizer, factor)
 
 
+def warmup_steps_for(optim: Mapping, total_steps: int, max_epochs: int | None) -> int:
+    """The run's warm-up in optimizer steps: `warmup_epochs` when set, else `warmup_steps` capped at `warmup_ratio`
+    of the run (null: no cap), so that a step count made for a large data set does not fill a small one's run."""
+    warmup_epochs = optim.get("warmup_epochs")
+    if warmup_epochs is not None:
+        return round(warmup_epochs * total_steps / max_epochs) if max_epochs and max_epochs > 0 else 0
+    steps, ratio = optim.get("warmup_steps") or 0, optim.get("warmup_ratio")
+    return steps if ratio is None else min(steps, int(ratio * total_steps))
+
+
 def mix_batch(
     images: torch.Tensor, labels: torch.Tensor, num_classes: int, mixup_alpha: float, cutmix_alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,10 +150,11 @@ class ClassificationModule(L.LightningModule):
     Args:
         model: the network; needs a `num_classes` attribute (every FocalNet has one).
         optim: the `optim` config group: `optimizer` (a `_target_` spec, e.g. torch.optim.AdamW with lr,
-            weight_decay, betas), `warmup_epochs` (when null, `warmup_steps`), `warmup_lr`, `min_lr`, and
-            `lr_batch_size` (when set, lr, warmup_lr and min_lr scale linearly by the global batch / lr_batch_size,
-            as in the paper); for fine-tuning `head_lr_scale`, `layer_decay` (see `param_groups`) and
-            `freeze_backbone` (only the head trains: a linear probe).
+            weight_decay, betas), `warmup_epochs` (when null, `warmup_steps`, capped at `warmup_ratio` of the run's
+            steps; see `warmup_steps_for`), `warmup_lr`, `min_lr`, and `lr_batch_size` (when set, lr, warmup_lr and
+            min_lr scale linearly by the global batch / lr_batch_size, as in the paper); for fine-tuning
+            `head_lr_scale`, `layer_decay` (see `param_groups`) and `freeze_backbone` (only the head trains: a
+            linear probe).
         label_smoothing: cross-entropy label smoothing.
         mixup_alpha / cutmix_alpha: Beta parameters of mixup and cutmix; 0 turns each off.
         compile: torch.compile the model in place (parameter names and checkpoints stay the same).
@@ -192,6 +207,7 @@ class ClassificationModule(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self._nonfinite = 0
+        self.warmup_steps: int | None = None  # the run's, from configure_optimizers (optim.warmup_ratio may cap it)
         self._first_nonfinite: torch.Tensor | None = None  # accelerators: [step, loss] of the first non-finite loss
         self.class_names: list[str] | None = None  # the data's, from setup(); checkpoints keep them
         self._outputs: list[torch.Tensor] = []
@@ -337,19 +353,22 @@ class ClassificationModule(L.LightningModule):
             optimizer = optimizer_class(groups, **kwargs)
         except Exception as error:
             raise ValueError(f"optim.optimizer: {one_line(error)}") from error
-        ema = ((self.hparams.run_config or {}).get("callbacks") or {}).get("ema")
-        if ema and (warning := schema.ema_warning(ema["decay"], ema.get("update_every_n_steps", 1), total_steps)):
-            rank_zero_warn(warning)
-        warmup_epochs, max_epochs = optim.get("warmup_epochs"), self.trainer.max_epochs
-        if warmup_epochs is None:
-            warmup_steps = optim.get("warmup_steps") or 0
-        else:
-            warmup_steps = round(warmup_epochs * total_steps / max_epochs) if max_epochs and max_epochs > 0 else 0
-        if warmup_steps > total_steps:
-            rank_zero_warn(f"optim.warmup_steps={warmup_steps} > the run's {total_steps} optimizer steps: the warm-up "
-                           "never ends, the learning rate never reaches optim.optimizer.lr")
+        self.warmup_steps = warmup_steps_for(optim, total_steps, self.trainer.max_epochs)
+        # Through focalnet's logger, not Python's warnings: focalnet-train lists these in summary.json's warnings. A
+        # warm-up in epochs longer than the run is schema.warnings' to report, naming the key that was set.
+        if self.trainer.is_global_zero:
+            ema = ((self.hparams.run_config or {}).get("callbacks") or {}).get("ema")
+            if ema and (warning := schema.ema_warning(ema["decay"], ema.get("update_every_n_steps", 1), total_steps)):
+                log.warning(warning)
+            asked = optim.get("warmup_steps") or 0
+            if optim.get("warmup_epochs") is None and self.warmup_steps > total_steps:
+                log.warning(f"optim.warmup_steps={asked} > the run's {total_steps} optimizer steps: the warm-up "
+                            "never ends, the learning rate never reaches optim.optimizer.lr")
+            elif optim.get("warmup_epochs") is None and self.warmup_steps < asked:
+                log.info(f"optim.warmup_steps={asked} capped at {self.warmup_steps}: optim.warmup_ratio="
+                         f"{optim['warmup_ratio']} of the run's {total_steps} optimizer steps")
         scheduler = warmup_cosine(
-            optimizer, total_steps, warmup_steps, optim["warmup_lr"] * scale, optim["min_lr"] * scale
+            optimizer, total_steps, self.warmup_steps, optim["warmup_lr"] * scale, optim["min_lr"] * scale
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -368,18 +387,15 @@ class ClassificationModule(L.LightningModule):
 def check_checkpoint(path: str, module: nn.Module) -> None:
     """A one-line error naming `path` unless it is a readable training checkpoint of `module`'s architecture
     (Lightning's own errors span many lines and name neither the file nor the option)."""
-    try:
-        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)["state_dict"]
-    except FileNotFoundError:
-        raise FileNotFoundError(f"ckpt_path={path}: no such file") from None
-    except Exception as error:
-        raise ValueError(f"ckpt_path={path} is not a readable training checkpoint ({one_line(error)})") from None
+    state = read_checkpoint(path).get("state_dict")
+    if state is None:
+        raise CheckpointError(path, "not a training checkpoint (it holds no state_dict)")
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     own = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     for key in sorted(own.keys() | shapes.keys()):
         if own.get(key) != shapes.get(key):
             there, here = shapes.get(key, "absent"), own.get(key, "absent")
-            raise ValueError(f"ckpt_path={path} is a checkpoint of another model: {key} is {there} there, {here} here")
+            raise CheckpointError(path, f"a checkpoint of another model: {key} is {there} there, {here} here")
 
 
 def model_for_checkpoint(model_cfg: DictConfig) -> nn.Module:
@@ -393,7 +409,7 @@ def model_for_checkpoint(model_cfg: DictConfig) -> nn.Module:
 def module_from_checkpoint(path: str | os.PathLike) -> tuple[ClassificationModule, DictConfig, int | None]:
     """The ClassificationModule of a focalnet-train checkpoint, rebuilt from the run config stored in it; that config;
     the epoch it was saved at."""
-    checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    checkpoint = read_checkpoint(path)
     run_cfg = checkpoint.get("hyper_parameters", {}).get("run_config")
     if run_cfg is None:
         raise ValueError(f"ckpt_path={path} holds no run config: not a focalnet-train checkpoint")

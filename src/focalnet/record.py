@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -38,14 +38,17 @@ class Status(str, Enum):
         return self == Status.FAILED
 
 
+KILLED = "killed"  # a part's status only: SIGKILL, the OOM killer, a lost node; the next start records it
+
+
 class Part(BaseModel):
-    """One stretch of a run: it started, then ended (or was interrupted and continued in the next part)."""
+    """One stretch of a run: it started, then ended (or was interrupted or killed and continued in the next part)."""
 
     model_config = ConfigDict(extra="allow")  # how it stopped: signal, epoch, step, checkpoint, requeued, SLURM ids
     started_at: str | None = None
-    finished_at: str | None = None
+    finished_at: str | None = None  # a killed part: its last write (focalnet.job.earlier_parts)
     host: str | None = None
-    status: Status | None = None
+    status: Status | Literal["killed"] | None = None
     wall_time_s: float | None = None
 
 
@@ -73,6 +76,7 @@ class RunRecord(BaseModel):
     metrics: dict[str, float | None] = {}
     warnings: list[Any] = []
     resumed_from: str | None = None
+    bad_checkpoint: str | None = None  # the checkpoint it failed on: resume=auto continues it all the same
     trial: int | None = None  # its number in an Optuna search (focalnet.search)
     pruned_at_epoch: int | None = None  # the epoch after which the search's pruner stopped it
 

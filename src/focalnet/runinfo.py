@@ -49,6 +49,19 @@ if not OmegaConf.has_resolver("uid"):
     OmegaConf.register_new_resolver("job_dirname", job_dirname)
 
 
+def card_patch_size(image_size):
+    """conf/model/card.yaml's patch size for an image size: 4 up to 64 px (8x8 tokens on 32-px digits), then the
+    largest divisor of the size up to image_size / 16, so larger images cost about 16x16 tokens; 4 where none
+    divides (as the card's fixed 4 did); `auto` (not chosen yet) passes through."""
+    if not isinstance(image_size, int):
+        return image_size
+    return max((p for p in range(4, image_size // 16 + 1) if image_size % p == 0), default=4)
+
+
+if not OmegaConf.has_resolver("card_patch_size"):
+    OmegaConf.register_new_resolver("card_patch_size", card_patch_size)
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
-__all__ = ["check", "validate", "warnings", "SCHEMA"]
+__all__ = ["check", "check_search", "validate", "warnings", "SCHEMA"]
 
 UNSET: Any = object()  # the default of a key that may be absent but not null (pydantic leaves defaults unchecked)
 PosInt = Annotated[int, Field(ge=1)]
@@ -64,8 +64,8 @@ class Top(Group):
 class Model(Group):
     name: str | None = None
     pretrained: str | None = None
-    image_size: PosInt = UNSET
-    patch_size: PosInt = UNSET
+    image_size: PosInt | Literal["auto"] = UNSET  # ${data.image_size}: auto until the data has chosen
+    patch_size: PosInt | Literal["auto"] = UNSET  # the card's follows the image size (auto with it)
     in_channels: PosInt = UNSET
     hidden_size: PosInt = UNSET
     embed_dim: PosInt = UNSET
@@ -109,7 +109,7 @@ class Augment(Group):
 class Data(Group):
     root: str | None = None
     download: bool = UNSET
-    image_size: PosInt = UNSET
+    image_size: PosInt | Literal["auto"] = UNSET  # auto: imagefolder chooses from the images
     num_classes: PosInt | Literal["auto"] | None = None  # null: the dataset's own
     in_channels: PosInt = UNSET
     batch_size: PosInt = UNSET
@@ -143,6 +143,7 @@ class Optim(Group):
     lr_batch_size: PosInt | None = None
     warmup_epochs: NonNeg | None = UNSET  # null: the warm-up is counted in warmup_steps
     warmup_steps: NonNegInt | None = None
+    warmup_ratio: Probability | None = None  # caps warmup_steps at this share of the run's steps; null: no cap
     warmup_lr: NonNeg = UNSET
     min_lr: NonNeg = UNSET
     head_lr_scale: Positive = UNSET
@@ -189,6 +190,7 @@ class Trainer(Group):
     fast_dev_run: bool | NonNegInt = UNSET
     overfit_batches: Batches = UNSET
     enable_progress_bar: bool | None = None
+    threads: PosInt | None = None  # CPU threads of each process (focalnet.threads); null: what it was given
 
 
 class ModelCheckpoint(Group):
@@ -199,6 +201,7 @@ class ModelCheckpoint(Group):
     save_top_k: Annotated[int, Field(ge=-1)] = UNSET
     save_last: bool | Literal["link"] | None = None
     every_n_epochs: NonNegInt | None = None
+    tie_breaker: str | None = None  # focalnet.callbacks.ModelCheckpoint: a tie goes to its lower value (val/loss)
 
 
 class EarlyStopping(Group):
@@ -235,6 +238,27 @@ class Logger(Group):
     wandb: Wandb | None = None
 
 
+class Search(Group):
+    """The search: block of hparams_search=... (what a trial's job needs; the sweeper sets all but the pruner)."""
+
+    storage: str | None = None
+    study_name: str | None = None
+    trial: NonNegInt | None = None
+    pruner: Annotated[
+        dict[str, Any] | None,
+        Field(description="null or {_target_: optuna.pruners.<name>, ...}, <name> one of MedianPruner, "
+              "PercentilePruner, SuccessiveHalvingPruner, HyperbandPruner, ThresholdPruner, PatientPruner, NopPruner "
+              "(hparams_search=median, asha and hyperband set one)"),
+    ] = None  # fmt: skip
+
+
+class Sweeper(Group):
+    """hydra.sweeper of hparams_search=... (focalnet.search.OptunaSearch): a count below 1 would run no trial."""
+
+    n_trials: PosInt = UNSET
+    n_jobs: PosInt = UNSET
+
+
 class Run(Top):
     """A whole run config: the top-level keys and one entry per group."""
 
@@ -245,6 +269,7 @@ class Run(Top):
     trainer: Trainer = UNSET
     callbacks: Callbacks | None = None
     logger: Logger | None = None
+    search: Search | None = None
 
 
 SCHEMA: dict[str, type[Group]] = {
@@ -262,6 +287,12 @@ def check(group: str, values: Mapping) -> None:
     """Check one group's values, e.g. check("data", locals()) in a data module; keys the group does not declare
     (self, kwargs, ...) are ignored."""
     _validate(SCHEMA[group], _plain(values), prefix=f"{group}.")
+
+
+def check_search(search: Mapping, sweeper: Mapping) -> None:
+    """An Optuna search's settings, checked by its sweeper before any trial: the search: block and hydra.sweeper."""
+    _validate(Search, _plain(search), prefix="search.")
+    _validate(Sweeper, _plain(sweeper), prefix="hydra.sweeper.")
 
 
 def warnings(cfg: Mapping) -> list[str]:

@@ -26,6 +26,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from focalnet import schema
 from focalnet.record import Status, read_status
 from focalnet.runinfo import one_line
 
@@ -65,7 +66,9 @@ class OptunaSearch(OptunaSweeperImpl):
             space.pop(name, None)
         if "search" not in cfg:
             raise ValueError("hydra/sweeper=focalnet_optuna needs the search: block of an hparams_search config")
-        make_pruner(cfg.search.get("pruner"), cfg.get("optimized_metric"))  # its errors now, before any job
+        # Their errors now, before the study is made or any job runs.
+        schema.check_search(cfg.search, {"n_trials": self.n_trials, "n_jobs": self.n_jobs})
+        make_pruner(cfg.search.get("pruner"), cfg.get("optimized_metric"))
         if isinstance(self.storage, str) and self.storage.startswith("sqlite:///"):
             # The jobs run elsewhere (SLURM, another working directory): an absolute path, its folder made here.
             path = Path(self.storage.removeprefix("sqlite:///")).absolute()

@@ -8,6 +8,7 @@ goes on to its next job (unless fail_fast=true) and the command exits 1 at the e
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -75,6 +76,11 @@ def train(cfg: DictConfig, summary: dict) -> None:
     datamodule = instantiate(cfg.data, _convert_="all")
     if cfg.data.get("num_classes") == "auto":  # counted by the data module; the model's head is ${data.num_classes}
         cfg.data.num_classes = datamodule.num_classes
+    if cfg.data.get("image_size") == "auto":  # chosen by the data module; the model's is ${data.image_size}
+        cfg.data.image_size = datamodule.image_size
+    summary["image_size"] = cfg.data.image_size
+    if "patch_size" in cfg.model:  # the card's follows the image size
+        summary["patch_size"] = cfg.model.patch_size
     model = build_model(cfg.model)
     stats = focalnet.model_stats(model, cfg.data.image_size, cfg.data.in_channels)
     summary.update(stats)
@@ -111,11 +117,15 @@ def train(cfg: DictConfig, summary: dict) -> None:
     if ckpt_path and not any(k.startswith("val/") for k in metrics):  # resumed with nothing left to train
         metrics = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("metrics", {}) | metrics
     summary["train_images_per_s"] = metrics.get("train/images_per_s")
+    summary["warmup_steps"] = module.warmup_steps  # optim.warmup_ratio may have capped it
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         epoch = torch.load(best, map_location="cpu", mmap=True, weights_only=True)["epoch"]
         callback = trainer.checkpoint_callback
         summary["best"] = {callback.monitor or "val/acc_top1": callback.best_model_score.item(), "epoch": epoch}
+        tie_value = getattr(callback, "tie_values", {}).get(best, math.inf)  # focalnet.callbacks.ModelCheckpoint's
+        if math.isfinite(tie_value):  # what chose among tied epochs (val/loss)
+            summary["best"].setdefault(callback.tie_breaker, tie_value)
         summary["best_ckpt"] = best
     if pruning and pruning.pruned_at is not None:  # its search has dropped it: no test of a trial it will not pick
         summary["pruned_at_epoch"] = pruning.pruned_at
@@ -155,9 +165,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                 FAILED.append(str(run_dir))
             return None
         # resume=auto: a completed job is skipped (its recorded summary still feeds the sweeper), an unfinished one
-        # resumes.
-        done = apply_resume(cfg, run_dir)
-        summary = done or run_job("focalnet-train", cfg, train)
+        # resumes; what it says about the checkpoint it chose goes into the job's summary too.
+        warnings: list[str] = []
+        done = apply_resume(cfg, run_dir, warnings)
+        summary = done or run_job("focalnet-train", cfg, train, warnings)
     # What an optimising sweeper (hparams_search=optuna) maximises; None marks a failed trial.
     return (summary.get("metrics") or {}).get(cfg.get("optimized_metric"))
 

@@ -51,6 +51,9 @@ class VisionDataModule(L.LightningDataModule):
         root: str | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(image_size, int):  # data.image_size=auto is imagefolder's; the others have a size
+            raise ValueError(f"data.image_size={image_size!r} must be an integer >= 1 for this data set (auto is "
+                             "imagefolder's)")
         self.num_classes = num_classes
         self.classes = [str(i) for i in range(num_classes)]  # names, where the dataset has them, after setup()
         self.in_channels = in_channels

@@ -25,6 +25,31 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGENET_AUGMENT = PRESETS["strong"]
 
 
+def find_images(root: str, class_dir: Path) -> list[Path]:
+    """The images of a class folder (`root`, data.root, names it in the error when there are none)."""
+    images = [p for p in sorted(class_dir.rglob("*")) if p.suffix.lower() in EXTENSIONS]
+    if not images:
+        raise FileNotFoundError(f"data.root={root}: class folder {class_dir} holds no images")
+    return images
+
+
+def auto_image_size(paths: list[Path]) -> tuple[int, str]:
+    """data.image_size=auto: the size to train at, and why. Few images teach a small model little that a small size
+    cannot show, and decoding and augmenting large ones is most of a CPU run's time: 64 px below 1,000 images, 128
+    below 10,000, else 224; never above the images' median shorter side (of about 100 spread over the list). A
+    multiple of 16, at least 32: the card's patches (image_size / 16, conf/model/card.yaml) then tile it."""
+    sides = []
+    for path in paths[:: max(1, len(paths) // 100)]:
+        try:
+            with Image.open(path) as img:  # the header only
+                sides.append(min(img.size))
+        except Exception:  # unreadable: setup drops it
+            continue
+    cap = 64 if len(paths) < 1000 else 128 if len(paths) < 10000 else 224
+    median = sorted(sides)[len(sides) // 2] if sides else cap
+    return max(32, min(cap, median) // 16 * 16), f"{len(paths):,} images, median shorter side {median} px"
+
+
 def check_image(path: Path) -> str | None:
     """Why Pillow cannot read the file, or None. verify() parses headers and checksums without decoding."""
     try:
@@ -74,7 +99,8 @@ class ImageFolderDataModule(VisionDataModule):
     tests on val), drawn by `split_seed`, always keeping one for training. That split is written to `split_file`
     when given, and read back from it when it exists: images added to the folder later change no split.
 
-    `num_classes="auto"` takes the number of class folders; a number is checked against it.
+    `num_classes="auto"` takes the number of class folders (at least 2); a number is checked against it.
+    `image_size="auto"` chooses a size from the images (see `auto_image_size`).
     Train images are decoded at `image_size / crop_pct` and cropped on the device (RandomResizedCrop); val/test at
     `image_size / crop_pct` then center-cropped to `image_size` (the usual 256 -> 224 evaluation).
     Unreadable files are found once in `setup` (Pillow `verify`): `on_corrupt=skip` drops and counts them,
@@ -85,8 +111,8 @@ class ImageFolderDataModule(VisionDataModule):
         self,
         root: str | None = None,
         num_classes: int | str = "auto",
-        image_size: int = 224,
-        batch_size: int = 128,
+        image_size: int | str = "auto",
+        batch_size: int = 16,
         num_workers: int | None = None,
         pin_memory: bool = True,
         augment=IMAGENET_AUGMENT,
@@ -113,10 +139,27 @@ class ImageFolderDataModule(VisionDataModule):
         # A root with train/ or val/ is the ImageNet layout (it then needs both); anything else holds class folders.
         self.presplit = (folder / "train").is_dir() or (folder / "val").is_dir()
         classes = self._find_classes(folder)
+        class_root = self._class_root(folder)
+        if len(classes) < 2:  # else torchmetrics fails later, in many lines that name neither key nor folder
+            raise ValueError(f"data.root={root} has one class folder ({class_root / classes[0]}): a classifier needs "
+                             "at least 2 classes")
+        # A class without a readable image would train as a class the model never sees: stopped here, before any
+        # run folder fills, by finding each class's first readable image (setup checks every file).
+        images = {name: find_images(root, class_root / name) for name in classes}
+        for name, paths in images.items():
+            if all(check_image(path) for path in paths):
+                raise ValueError(f"data.root={root}: class folder {class_root / name} holds no readable image "
+                                 f"({len(paths)} file(s); {paths[0].name}: {check_image(paths[0])})")
+        if image_size == "auto":
+            recorded = self._recorded_split()  # a resumed run sees the images its split holds, not new ones
+            every = ([folder / p for key in ("train", "val", "test") for p in recorded[key]] if recorded
+                     else [path for listed in images.values() for path in listed])  # fmt: skip
+            image_size, why = auto_image_size(every)
+            log.info(f"data.image_size=auto: {image_size} px ({why})")
         if num_classes == "auto":
             num_classes = len(classes)
         elif num_classes != len(classes):
-            raise ValueError(f"data.num_classes={num_classes} but {self._class_root(folder)} has {len(classes)} "
+            raise ValueError(f"data.num_classes={num_classes} but {class_root} has {len(classes)} "
                              "class folders (data.num_classes=auto counts them)")
         super().__init__(
             num_classes=num_classes, in_channels=3, mean=IMAGENET_MEAN, std=IMAGENET_STD, image_size=image_size,
@@ -136,10 +179,15 @@ class ImageFolderDataModule(VisionDataModule):
     def _class_root(self, root: Path) -> Path:
         return root / "train" if self.presplit else root
 
+    def _recorded_split(self) -> dict | None:
+        if not self.presplit and self.split_file and self.split_file.is_file():
+            return json.loads(self.split_file.read_text())
+        return None
+
     def _find_classes(self, root: Path) -> list[str]:
         """The sorted class folder names; a recorded split's own, so that new class folders change nothing."""
-        if not self.presplit and self.split_file and self.split_file.is_file():
-            return json.loads(self.split_file.read_text())["classes"]
+        if recorded := self._recorded_split():
+            return recorded["classes"]
         for split in ("train", "val") if self.presplit else ():
             if not (root / split).is_dir():
                 raise FileNotFoundError(f"data.root={root} has no {split}/ folder (expected {root / split})")
@@ -149,19 +197,13 @@ class ImageFolderDataModule(VisionDataModule):
                                     "<root>/train/<class>/<image>")
         return classes
 
-    def _images(self, class_dir: Path) -> list[Path]:
-        images = [p for p in sorted(class_dir.rglob("*")) if p.suffix.lower() in EXTENSIONS]
-        if not images:
-            raise FileNotFoundError(f"data.root={self.root}: class folder {class_dir} holds no images")
-        return images
-
     def _samples(self, split: str) -> list[tuple[Path, int]]:
         folder = Path(self.root).expanduser() / split
         samples = []
         for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
             if class_dir.name not in self.class_to_idx:
                 raise ValueError(f"data.root={self.root}: {split} class {class_dir.name!r} has no folder in train/")
-            samples += [(p, self.class_to_idx[class_dir.name]) for p in self._images(class_dir)]
+            samples += [(p, self.class_to_idx[class_dir.name]) for p in find_images(self.root, class_dir)]
         if not samples:
             raise FileNotFoundError(f"data.root={self.root} has no images under {folder}")
         return samples
@@ -176,7 +218,7 @@ class ImageFolderDataModule(VisionDataModule):
         rng = random.Random(self.split_seed)
         split = {"classes": self.classes, "train": [], "val": [], "test": []}
         for name in self.classes:
-            images = [p.relative_to(root).as_posix() for p in self._images(root / name)]
+            images = [p.relative_to(root).as_posix() for p in find_images(self.root, root / name)]
             rng.shuffle(images)
             spare = len(images) - 1  # one image always stays for training
             n_val = min(spare, max(1, round(len(images) * self.val_fraction)))

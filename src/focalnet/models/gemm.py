@@ -1,12 +1,12 @@
 """Dense layers over channels-last tokens on the fastest GEMM of the machine, chosen by measurement.
 
 On CPUs PyTorch runs an fp32 `F.linear` through MKL and a channels-last 1x1 `conv2d` (timm's FocalNet) through
-oneDNN: the same matrix product, by two libraries. Which one is faster depends on the CPU and the shape: on AMD
-Zen 5 MKL takes a slow path for FocalNet's skinny shapes (80 against 134 GFLOP/s at [25088, 96] x [96, 384]); on
-Zen 3 (AVX2) and on the Intel host of issue 5 the two are within 15% of each other, each ahead at some shapes. No
-fixed choice wins everywhere, so `Dense` times both, forward and backward, once per shape, dtype and thread count,
-and keeps the faster for the process and in a cache file per machine: every later run there, a resumed run
-included, takes the same kernels without measuring again.
+oneDNN: the same matrix product, by two libraries. Which one is faster depends on the CPU and the shape: on
+some CPUs MKL takes a slow path for FocalNet's skinny shapes (80 against 134 GFLOP/s at [25088, 96] x [96, 384]);
+on others the two are within 15% of each other, each ahead at some shapes (README, Speed). No fixed choice
+wins everywhere, so `Dense` times both, forward and backward, once per shape, dtype and thread count, and keeps the
+faster for the process and in a cache file per machine: every later run there takes the same kernels without
+measuring again, and a checkpoint carries the choices its run made, so a resumed run continues on them.
 
 `FOCALNET_GEMM=linear` or `=conv` fixes the choice on CPUs (tests, A/B timing); `auto` (the default) measures.
 GPUs (cuBLAS), torch.compile (Inductor picks its own) and `fast=False` models always take `F.linear`.
@@ -14,6 +14,7 @@ GPUs (cuBLAS), torch.compile (Inductor picks its own) and `fast=False` models al
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-__all__ = ["Dense", "dense", "gemm_choices", "gemm_policy"]
+__all__ = ["Dense", "adopt_choices", "dense", "gemm_choices", "gemm_policy"]
 
 POLICIES = ("auto", "linear", "conv")
 _CHOICES: dict[str, str] = {}  # shape key -> "linear" | "conv", this process
@@ -77,17 +78,32 @@ def _read(path: Path) -> dict[str, str]:
         return {}
 
 
-def _remember(key: str, choice: str) -> None:
-    _CHOICES[key] = choice
+def _remember(key: str, choice: str) -> str:
+    """Record `choice` for `key` unless another process recorded one first, and return the recorded one. The first
+    writer wins, under a lock: two processes that measured the same shape at once (a busy host's timings differ)
+    must not leave a run and its resumed continuation on different kernels, whose results differ in the last bits."""
     path = _cache_file()
-    try:  # merge with what other processes wrote meanwhile; rename so a reader never sees half a file
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {**_read(path), key: choice}
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=0, sort_keys=True))
-        os.replace(tmp, path)
+        with open(path.with_suffix(".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = _read(path)
+            if key in data:
+                choice = data[key]
+            else:  # rename, so a reader never sees half a file
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps({**data, key: choice}, indent=0, sort_keys=True))
+                os.replace(tmp, path)
     except OSError:
         pass  # an unwritable cache only costs the measurement again next run
+    _CHOICES[key] = choice
+    return choice
+
+
+def adopt_choices(choices: dict[str, str]) -> None:
+    """Take `choices` (a checkpoint's `gemm_choices()`) over this machine's: a resumed run continues on the kernels
+    that computed its first part, wherever it resumes."""
+    _CHOICES.update({k: v for k, v in choices.items() if v in _KERNELS})
 
 
 def _measure(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, grad: bool) -> str:
@@ -139,7 +155,7 @@ def _choose(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     if key not in _CHOICES:
         if is_in_torch_dispatch_mode():  # FLOP counting, fake tensors: the measurement's products would count too
             return "linear"
-        _remember(key, _measure(x, weight, bias, grad))  # under the caller's autocast, if any
+        return _remember(key, _measure(x, weight, bias, grad))  # under the caller's autocast, if any
     return _CHOICES[key]
 
 

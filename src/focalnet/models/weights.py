@@ -219,6 +219,8 @@ def create_model_from_pretrained(source: str, **overrides) -> FocalNet:
 
 # Weights files of a transformers folder or hub repository, in the order they are looked for.
 _HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_LAYOUTS = ("a torch.save'd state dict, alone or under model, state_dict or model_ema (.pth, .pt, .bin, a Lightning "
+            ".ckpt), a .safetensors file, a transformers folder or a hub id")
 
 
 def _is_hub_id(source: str) -> bool:
@@ -251,14 +253,23 @@ def read_state_dict(source: str) -> dict[str, torch.Tensor]:
         if not _is_hub_id(source):
             raise FileNotFoundError(f"pretrained={source}: no such file")
         path = _download_from_hub(source, *_HF_WEIGHTS)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's and safetensors' own errors do not say that the file is not a checkpoint
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"pretrained={source} is not a checkpoint in any known layout: {_LAYOUTS} "
+                         f"({type(e).__name__}: {reason[:160]})") from None  # fmt: skip
     for key in ("model", "state_dict", "model_ema"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
-            return ckpt[key]
+            ckpt = ckpt[key]
+            break
+    if not (isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values())):
+        raise ValueError(f"pretrained={source} is not a checkpoint in any known layout: {_LAYOUTS} (it holds no "
+                         "tensors by name)")  # fmt: skip
     return ckpt
 
 
@@ -292,16 +303,12 @@ def load_pretrained(model: FocalNet, source: str | dict) -> FocalNet:
     state = convert_state_dict(read_state_dict(source) if isinstance(source, (str, Path)) else source, model)
     own = model.state_dict()
     head_keys = [k for k in ("head.weight", "head.bias") if k in state]
-    if head_keys and ("head.weight" not in own or own["head.weight"].shape != state["head.weight"].shape):
-        got = state["head.weight"].shape[0]
-        warnings.warn(
-            f"pretrained head has {got} classes, the model {model.num_classes}: head re-initialised", stacklevel=2
-        )
-        for k in head_keys:
-            del state[k]
-        own_head = {k for k in own if k.startswith("head.")}
-    else:
-        own_head = set()
+    # Only another class count makes a new head; a head of another width is a shape error, like any other key.
+    got = state["head.weight"].shape[0] if "head.weight" in state else None
+    new_head = bool(head_keys) and ("head.weight" not in own or own["head.weight"].shape[0] != got)
+    if new_head:
+        state = {k: v for k, v in state.items() if k not in head_keys}
+    own_head = {k for k in own if k.startswith("head.")} if new_head else set()
     for k, v in state.items():
         if k in own and own[k].shape != v.shape:
             raise ValueError(
@@ -313,6 +320,10 @@ def load_pretrained(model: FocalNet, source: str | dict) -> FocalNet:
         first = f"unexpected key {unexpected[0]}" if unexpected else f"missing key {missing[0]}"
         raise ValueError(
             f"checkpoint does not fit the model: {first} ({len(unexpected)} unexpected, {len(missing)} missing)"
+        )
+    if new_head:  # said once the rest is known to fit: the message is no use before an error
+        warnings.warn(
+            f"pretrained head has {got} classes, the model {model.num_classes}: head re-initialised", stacklevel=2
         )
     model.load_state_dict(state, strict=not own_head)
     return model
