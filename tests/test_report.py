@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 from focalnet.report import aggregate, collect, compare, learning_curve, main
+from focalnet.sequential import Design, replication_seeds
 
 LEVELS, KERNELS, SEEDS = (10, 2), (3, 5), (0, 1)  # 10 first: the report must sort numerically, not as text
 
@@ -212,7 +213,11 @@ def test_study_report(study, tmp_path):
     # By hand: 4 is better by 2.00 points, sd 1/3, c = 3.83 (t quantile 1 - 0.002/2, 9 df), half-width
     # 3.83 / 3 / sqrt(10) = 0.40.
     assert (rows[4]["Δ top-1 (pts)"], rows[4]["interval (pts)"]) == ("+2.00", "[+1.60, +2.40]")
-    assert rows[5]["seeds to decide"].startswith("≈ ") and int(rows[5]["seeds to decide"][2:]) > 10
+    # Past the cap the design has no more looks: the seeds a fresh fixed-n replication would need (80% power).
+    diffs = [100 * (a - b) for a, b in zip(STUDY_ACCS[5], STUDY_ACCS[3])]
+    need = replication_seeds(statistics.mean(diffs), statistics.stdev(diffs), Design(rows=5))
+    assert rows[5]["seeds to decide"] == f"fresh: ≈ {need['difference']} / ≈ {need['equivalence']}"
+    assert need["difference"] > need["equivalence"] > 10
     assert rows[0]["Δ top-1 (pts)"] == "-10.00" and rows[0]["verdict"] == "undecided at 1 of 10 seeds"
     assert rows[0]["interval (pts)"] == "-"
 
@@ -383,3 +388,42 @@ def test_an_interrupted_job_is_counted_apart_from_the_failed(sweep, tmp_path):
     failed, interrupted = md.split("## Failed jobs")[1].split("## Interrupted jobs")
     assert "job 11" not in failed and "- job 11 (`model.focal_levels=10,model.focal_kernel=3,seed=2`, interrupted): " \
         "interrupted by SIGTERM at epoch 6; resume=auto continues it" in interrupted
+
+
+def test_an_obf_study_reports_its_tost_interval_and_a_fresh_study_past_the_cap(study, tmp_path):
+    """procedure: obf: the Design line and the note name it, an equivalent row shows its TOST interval (the
+    calibrated one-sided cutoff c^eq_n), and a row the cap left inconclusive the seeds a fresh fixed-n study needs."""
+    for config in study.glob("*/.hydra/config.yaml"):
+        config.write_text(config.read_text().replace("  baseline:", "  procedure: obf\n  baseline:"))
+    out = tmp_path / "report"
+    main([str(study), "--out", str(out)])
+    md = (out / "results.md").read_text()
+    rows = table(md)
+    design = Design(rows=5, procedure="obf")
+    assert "cap 10 seeds, procedure obf (O'Brien-Fleming-type spending, TOST equivalence)" in md
+    looks = ", ".join(f"{n} ({design.bound(n):.2f}, {design.eq_bound(n):.2f})" for n in design.looks)
+    assert f"the looks n and their c_n and TOST cutoffs c^eq_n are {looks}" in md and "docs/sequential.md" in md
+    diffs = [100 * (a - b) for a, b in zip(STUDY_ACCS[2], STUDY_ACCS[3])]
+    mean, half = statistics.mean(diffs), design.eq_bound(10) * statistics.stdev(diffs) / 10**0.5
+    assert rows[2]["verdict"] == f"equivalent (TOST [{mean - half:+.2f}, {mean + half:+.2f}])"
+    assert design.eq_bound(10) < design.bound(10)
+    diffs = [100 * (a - b) for a, b in zip(STUDY_ACCS[5], STUDY_ACCS[3])]
+    need = replication_seeds(statistics.mean(diffs), statistics.stdev(diffs), design)
+    assert rows[5]["verdict"] == "inconclusive (cap)"
+    assert rows[5]["seeds to decide"] == f"fresh: ≈ {need['difference']} / ≈ {need['equivalence']}"
+    assert (rows[4]["verdict"], rows[1]["verdict"]) == ("better", "worse")
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == sum(len(a) for a in STUDY_ACCS.values())
+
+
+def test_heterogeneity_is_welchs_test():
+    from focalnet.report import heterogeneity
+
+    a, b, c = [0.2, 0.3, 0.1, 0.25], [1.1, 0.9, 1.0], [0.5, 0.7, 0.4, 0.6, 0.55]
+    two = heterogeneity({"zen": a, "xeon": b, "one pair": [3.0]})
+    welch = stats.ttest_ind(a, b, equal_var=False)
+    assert two["test"] == "Welch's t-test" and two["classes"] == ["zen", "xeon"]
+    assert two["stat"] == f"t = {welch.statistic:+.2f}" and two["p"] == pytest.approx(welch.pvalue)
+    three = heterogeneity({"zen": a, "xeon": b, "other": c})
+    assert three["test"] == "Welch's one-way ANOVA" and three["df"].startswith("2, ") and 0 < three["p"] < 0.001
+    assert heterogeneity({"zen": a}) is None and heterogeneity({"zen": a, "xeon": [1.0]}) is None

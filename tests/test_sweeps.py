@@ -182,7 +182,8 @@ def test_studies_compose():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     assert {p.name for p in STUDIES} == {"focal_levels", "focal_kernel", "depth", "gate_act", "global_context",
-                                         "normalize_modulator", "conv_embed", "interaction", "context", "gates"}
+                                         "normalize_modulator", "conv_embed", "interaction", "context", "gates",
+                                         "replication"}
     for study in STUDIES:
         cfg = compose_cfg(name="study", directory=study)
         params = dict(cfg.hydra.sweeper.params)
@@ -201,6 +202,12 @@ def test_studies_compose():
         # Every point of the study is a valid override and builds its model (the model checks its arguments).
         (sweep,) = OverridesParser.create().parse_overrides([f"{key}={values}"])
         points = list(sweep.sweep_iterator())
+        if key in cfg.hydra.runtime.choices:  # rows of several keys: a config group of the study's folder
+            for value in points:
+                row = compose_cfg(f"{key}={value}", name="study", directory=study)
+                assert row.hydra.runtime.choices[key] == value
+                assert instantiate(row.model, _convert_="all").num_classes == 10
+            continue
         assert len(points) >= 2 and OmegaConf.select(compose_cfg(f"{key}={points[-1]}", name="study",
                                                                  directory=study), key) == points[-1]
         for value in points:

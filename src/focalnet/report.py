@@ -31,16 +31,19 @@ import yaml
 
 from focalnet.record import NotARecord, Status, read_record
 from focalnet.runinfo import parse_overrides
-from focalnet.sequential import PENDING, Design, decide, seeds_to_decide
+from focalnet.sequential import PENDING, Design, decide, replication_seeds, seeds_to_decide
 
 METRICS = ("test/acc_top1", "val/acc_top1")
 # Statuses that are not failures: an interrupted job resumes where it stopped (resume=auto, a SLURM requeue).
 NOT_FAILED = tuple(s.value for s in Status if s != Status.FAILED)
 STATS = ("params", "flops", "train_images_per_s", "wall_time_s", "time_to_first_step_s")
 # What compare() adds to a configuration: its paired difference to the baseline (test top-1, percentage points).
-PAIRED = ("n_pairs", "delta", "sd", "ci_low", "ci_high", "verdict", "why", "seeds_needed")
-# What results.csv records of each job beside its setting: enough to pair it again on another machine.
+PAIRED = ("n_pairs", "delta", "sd", "ci_low", "ci_high", "verdict", "why", "seeds_needed", "eq_low", "eq_high",
+          "replication")
+# What results.csv records of each job beside its setting: enough to pair it again on another machine (and "gpu",
+# the GPU's name, where a job ran on one).
 RECORD = ("precision", "torch", "cpu", "recipe", "setting")
+DESIGN_KEYS = ("alpha", "delta", "seeds_per_round", "max_seeds", "procedure")  # a study block's Design terms
 
 
 def normalize(value):
@@ -144,6 +147,7 @@ def collect_folder(root: Path) -> list[dict]:
                      "finished_at": s.get("finished_at"), "precision": s.get("precision"), "trial": s.get("trial"),
                      "pruned_at_epoch": s.get("pruned_at_epoch"),
                      "torch": (s.get("versions") or {}).get("torch"), "cpu": (s.get("machine") or {}).get("cpu"),
+                     "gpu": (s.get("machine") or {}).get("gpu"),
                      "parts": s.get("parts") or [{k: s.get(k) for k in ("started_at", "finished_at")}]})
     for hydra_dir in root.rglob(".hydra"):
         if hydra_dir.is_dir() and not (hydra_dir.parent / "summary.json").exists():
@@ -207,7 +211,7 @@ def read_study(rows: list[dict]) -> dict:
                  "top1": {normalize(k): float(v) for k, v in paper["top1"].items()}}
     else:
         paper = None
-    design = {k: study[k] for k in ("alpha", "delta", "seeds_per_round", "max_seeds") if k in study}
+    design = {k: study[k] for k in DESIGN_KEYS if k in study}
     return {"baseline": baseline, "paper": paper, "data": ", ".join(data) or None, **design}
 
 
@@ -259,21 +263,27 @@ def _by_seed(jobs: list[dict]) -> dict:
 
 def study_design(study: dict, rows: int) -> Design:
     """The study's Design (focalnet.sequential): the one given, else the study block's alpha, delta,
-    seeds_per_round and max_seeds over `rows` rows."""
+    seeds_per_round, max_seeds and procedure over `rows` rows."""
     if isinstance(study.get("design"), Design):
         return study["design"]
-    given = {k: study[k] for k in ("alpha", "delta", "seeds_per_round", "max_seeds") if study.get(k) is not None}
+    given = {k: study[k] for k in DESIGN_KEYS if study.get(k) is not None}
     return Design(rows=max(rows, 1), **given)
 
 
 def paired(diffs: list[float], design: Design, stopped: str | None = None) -> dict:
-    """The mean of paired differences (points) with the study's repeated confidence interval and verdict at the
-    last look the pairs reach, and for an undecided row the pairs its observed mean and sd say would decide it."""
+    """The mean of paired differences (points) with the study's repeated confidence interval, its equivalence
+    interval (TOST under "obf") and verdict at the last look the pairs reach; for an undecided row the pairs its
+    observed mean and sd say would decide it, and for a row the cap left inconclusive the seeds a fresh fixed-n
+    replication would need ("replication": focalnet.sequential.replication_seeds), not a continuation the design
+    does not cover."""
     decision = decide(diffs, design, stopped)
     result = dict.fromkeys(PAIRED) | {"n_pairs": decision.n, "delta": decision.delta, "sd": decision.sd,
                                       "ci_low": decision.low, "ci_high": decision.high,
-                                      "verdict": decision.verdict, "why": decision.why or None}
-    if decision.verdict in (PENDING, "inconclusive") and decision.sd is not None:
+                                      "verdict": decision.verdict, "why": decision.why or None,
+                                      "eq_low": decision.eq_low, "eq_high": decision.eq_high}
+    if decision.verdict == "inconclusive" and decision.why == "cap" and decision.sd is not None:
+        result["replication"] = replication_seeds(decision.delta, decision.sd, design)
+    elif decision.verdict in (PENDING, "inconclusive") and decision.sd is not None:
         result["seeds_needed"] = seeds_to_decide(decision.delta, decision.sd, design, decision.n)
     if decision.n == 0:  # below the first look: the mean of what there is, without an interval
         result["delta"] = statistics.fmean(diffs) if diffs else None
@@ -295,15 +305,27 @@ def same_machine(a: dict, b: dict) -> bool:
     return not a.get("cpu") or not b.get("cpu") or a["cpu"] == b["cpu"]
 
 
+def host_label(run: dict) -> str | None:
+    """A run's host class: what it ran on (its "host", where the caller named it, else its CPU model), its
+    precision and torch version; None where the CPU was not recorded."""
+    if run.get("host"):
+        return run["host"]
+    if not run.get("cpu"):
+        return None
+    return f"{run['cpu']}, {run.get('precision') or '?'}, torch {run.get('torch') or '?'}"
+
+
 def pairs(row: dict, base: dict) -> list[tuple]:
-    """(seed, row's top-1, baseline's top-1) for each seed both have on the same machine, in seed order."""
+    """(seed, row's top-1, baseline's top-1, the pair's host class) for each seed both have on the same machine, in
+    seed order."""
     found = []
     for seed, jobs in row["jobs_by_seed"].items():
         for job in jobs:
             match = [b for b in base["jobs_by_seed"].get(seed, []) if same_machine(job, b)]
             if match:
                 check_pairable(job, match[0])
-                found.append((seed, job["test/acc_top1"], match[0]["test/acc_top1"]))
+                found.append((seed, job["test/acc_top1"], match[0]["test/acc_top1"],
+                              host_label(job) or host_label(match[0])))
                 break
     return found
 
@@ -326,12 +348,14 @@ def compare(configs: list[dict], keys: list[str], study: dict) -> None:
     for c in configs:
         base = bases[id(c)]
         c["is_baseline"] = base is c
-        c.update(dict.fromkeys(PAIRED), seeds=None)
+        c.update(dict.fromkeys(PAIRED), seeds=None, pair_diffs=None, pair_hosts=None)
         if c in compared:
             matched = pairs(c, base)
-            seeds = [s for s, _, _ in matched]
-            c.update(paired([100 * (a - b) for _, a, b in matched], design, study.get("stopped")))
-            c["seeds"] = seeds[: c["n_pairs"]] if c["n_pairs"] else seeds
+            c.update(paired([100 * (a - b) for _, a, b, _ in matched], design, study.get("stopped")))
+            used = matched[: c["n_pairs"]] if c["n_pairs"] else matched
+            c["seeds"] = [s for s, *_ in used]
+            c["pair_diffs"] = [100 * (a - b) for _, a, b, _ in used]
+            c["pair_hosts"] = [h for *_, h in used]
         c["paper_top1"] = paper["top1"].get(c.get(paper["key"])) if paper else None
         c["paper_delta"] = None if c["paper_top1"] is None or paper_base is None else c["paper_top1"] - paper_base
 
@@ -376,41 +400,129 @@ def verdict_text(c: dict, design: Design) -> str:
         return f"undecided at {c['n_pairs']} of {design.max_seeds} seeds"
     if c["verdict"] == "inconclusive":
         return f"inconclusive ({c['why']})" if c.get("why") else "inconclusive"
+    if c["verdict"] == "equivalent" and design.procedure == "obf" and c.get("eq_low") is not None:
+        return f"equivalent (TOST {_interval(c['eq_low'], c['eq_high'])})"
     return c["verdict"] or "-"
 
 
-def _needed(c: dict) -> str:
+def _needed(c: dict, design: Design | None = None) -> str:
     if c["verdict"] not in (PENDING, "inconclusive") or c["sd"] is None:
         return "-"
-    return "> 1000" if c["seeds_needed"] is None else f"≈ {c['seeds_needed']}"
+    if c.get("replication"):  # past the cap: what a fresh fixed-n study would need (none: it cannot show that)
+        possible = {"difference": c["delta"] != 0, "equivalence": design is None or abs(c["delta"]) < design.delta}
+        return "fresh: " + " / ".join("> 10000" if c["replication"][k] is None and possible[k] else "-"
+                                      if c["replication"][k] is None else f"≈ {c['replication'][k]}"
+                                      for k in ("difference", "equivalence"))
+    if c["seeds_needed"] is None:  # obf: past its cap (a raised cap would be another calibration)
+        return "past the cap" if design is not None and design.procedure == "obf" else "> 1000"
+    return f"≈ {c['seeds_needed']}"
 
 
 def _delta_cells(c: dict, design: Design) -> list[str]:
     if c["is_baseline"]:
         return ["baseline", "-", "-", "-", "-"]
     return [_signed(c["delta"]), _interval(c["ci_low"], c["ci_high"]), verdict_text(c, design),
-            _seed_list(c.get("seeds")), _needed(c)]
+            _seed_list(c.get("seeds")), _needed(c, design)]
 
 
 def _how_to_read(with_delta: bool, paper: dict | None, design: Design | None = None) -> str:
     text = "**How to read.** "
     if with_delta and design is not None:
-        looks = ", ".join(f"{n} ({design.bound(n):.2f})" for n in design.looks)
         text += (
             "Δ is a row's test top-1 minus the baseline's in percentage points, paired by seed (seed s against seed "
             "s) and averaged over the pairs of the last look reached. *Interval* is a repeated confidence interval "
-            "(Jennison & Turnbull 1989; focalnet.sequential): mean ± c_n·sd/√n over the n pairs, where the looks "
-            f"n and their c_n are {looks}, each look's t-level a share of α/{design.rows} in proportion to n - 2. By "
-            f"the union bound over looks and rows, all intervals of the study hold at once with probability at least "
-            f"1 - α = {1 - design.alpha:.2f}, whenever the study stops: that is the guarantee, for normal paired "
-            "differences. Verdict: *better*/*worse* when the interval excludes 0, *equivalent* when it lies inside "
-            f"±δ = ±{design.delta:g} points, *inconclusive* when the cap ({design.max_seeds} seeds) or the budget came "
-            "first, *undecided* while more rounds are due. *Seeds to decide* is how many seeds in all the observed "
-            "mean and sd say would decide an undecided row (an estimate, not a promise). ")
+            "(Jennison & Turnbull 1989; focalnet.sequential): mean ± c_n·sd/√n over the n pairs, ")
+        if design.procedure == "obf":
+            looks = ", ".join(f"{n} ({design.bound(n):.2f}, {design.eq_bound(n):.2f})" for n in design.looks)
+            text += (
+                f"where the looks n and their c_n and TOST cutoffs c^eq_n are {looks}. The cutoffs spend "
+                f"α/{design.rows} per row with Lan & DeMets' O'Brien-Fleming-type spending function, calibrated for "
+                "the joint law of a row's t-statistics at its looks (not a union bound over them), and lowered so "
+                "that skewed differences (skewness 0.5) keep it. *Equivalent* is a TOST: the equivalence interval "
+                f"mean ± c^eq_n·sd/√n (beside the verdict) lies inside ±δ = ±{design.delta:g} points. By the union "
+                f"bound over the rows the study gives a wrong verdict with probability at most α = {design.alpha:g}, "
+                "whenever it stops (docs/sequential.md). Verdict: *better*/*worse* when the interval excludes 0, "
+                "*equivalent* as said, ")
+        else:
+            looks = ", ".join(f"{n} ({design.bound(n):.2f})" for n in design.looks)
+            text += (
+                f"where the looks n and their c_n are {looks}, each look's t-level a share of α/{design.rows} in "
+                "proportion to n - 2. By the union bound over looks and rows, all intervals of the study hold at "
+                f"once with probability at least 1 - α = {1 - design.alpha:.2f}, whenever the study stops: that is "
+                "the guarantee, for normal paired differences (docs/sequential.md). Verdict: *better*/*worse* when "
+                f"the interval excludes 0, *equivalent* when it lies inside ±δ = ±{design.delta:g} points, ")
+        text += (
+            f"*inconclusive* when the cap ({design.max_seeds} seeds) or the budget came first, *undecided* while more "
+            "rounds are due. *Seeds to decide* is how many seeds in all the observed mean and sd say would decide an "
+            "undecided row (an estimate, not a promise); past the cap the design has no more looks, and the cell "
+            "gives the seeds a fresh fixed-n replication would need for 80% power at the observed mean and sd: "
+            f"*fresh: ≈ N / ≈ M*, N to show the difference (a paired t-test at α/{design.rows}), M to show "
+            f"equivalence within ±δ (a TOST at α/{design.rows}); *-* where the observed Δ cannot show it (|Δ| ≥ δ "
+            "for equivalence). ")
     if paper:
         text += (f"The paper columns are {paper['source']}: ImageNet-1K with a far larger model and recipe, so "
                  "compare the direction of paper Δ with Δ, not the values.")
     return text.strip()
+
+
+def heterogeneity(diffs_by_class: dict[str, list[float]]) -> dict | None:
+    """A test that the host classes' mean paired differences are equal: Welch's t-test for two classes (unequal
+    variances), Welch's one-way ANOVA (Welch 1951) for more; a class with fewer than 2 pairs, or all pairs alike, is
+    left out. None below two such classes. {"test", "stat" (t or F), "df", "p", "classes"}."""
+    from scipy import stats
+
+    groups = {k: v for k, v in diffs_by_class.items() if len(v) >= 2 and statistics.stdev(v) > 0}
+    if len(groups) < 2:
+        return None
+    n = [len(v) for v in groups.values()]
+    m = [statistics.fmean(v) for v in groups.values()]
+    var = [statistics.variance(v) for v in groups.values()]
+    if len(groups) == 2:
+        se2 = [v / k for v, k in zip(var, n)]
+        t = (m[0] - m[1]) / (sum(se2) ** 0.5)
+        df = sum(se2) ** 2 / sum(x * x / (k - 1) for x, k in zip(se2, n))
+        return {"test": "Welch's t-test", "stat": f"t = {t:+.2f}", "df": f"{df:.1f}",
+                "p": float(2 * stats.t.sf(abs(t), df)), "classes": list(groups)}
+    k = len(groups)
+    w = [a / v for a, v in zip(n, var)]
+    total = sum(w)
+    mean = sum(wi * mi for wi, mi in zip(w, m)) / total
+    lam = sum((1 - wi / total) ** 2 / (a - 1) for wi, a in zip(w, n))
+    f = sum(wi * (mi - mean) ** 2 for wi, mi in zip(w, m)) / (k - 1) / (1 + 2 * (k - 2) / (k * k - 1) * lam)
+    df2 = (k * k - 1) / (3 * lam)
+    return {"test": "Welch's one-way ANOVA", "stat": f"F = {f:.2f}", "df": f"{k - 1}, {df2:.1f}",
+            "p": float(stats.f.sf(f, k - 1, df2)), "classes": list(groups)}
+
+
+def host_classes_markdown(configs: list[dict], keys: list[str]) -> list[str]:
+    """The "Δ per host class" section of a study that pools host classes (study.hosts: any): each compared row's
+    pairs of the verdict's look, grouped by the class they were made on (each pair on one), with their mean and sd,
+    and Welch's test of equal means across the classes (`heterogeneity`)."""
+    rows = [c for c in configs if c.get("pair_diffs")]
+    if not rows:
+        return []
+    lines = ["", "## Δ per host class", "",
+             "`hosts: any`: each pair is two runs of one host class (CPU model, precision, torch version), but "
+             "different seeds come from different classes, and the verdicts pool them. Here each row's pairs of the "
+             "verdict's look, by class. *Heterogeneity* tests whether the classes' mean paired differences are "
+             "equal: Welch's t-test (unequal variances) for two classes, Welch's one-way ANOVA for more, leaving out "
+             "a class with a single pair. It describes the pooled pairs and is no part of the verdicts' error "
+             "control (α family-wise is spent on the verdicts).", "",
+             "| row | host class | pairs | seeds | Δ top-1 (pts) | sd (pts) | heterogeneity |",
+             "|---|---|---|---|---|---|---|"]
+    for c in rows:
+        label = ", ".join(f"{k.rsplit('.', 1)[-1]}={cell(c[k])}" for k in keys)
+        by_class: dict[str, list] = {}
+        for seed, diff, host in zip(c["seeds"], c["pair_diffs"], c["pair_hosts"]):
+            by_class.setdefault(host or "not recorded", []).append((seed, diff))
+        test = heterogeneity({k: [d for _, d in v] for k, v in by_class.items()})
+        for i, (host, found) in enumerate(sorted(by_class.items(), key=lambda kv: min(s for s, _ in kv[1]))):
+            diffs = [d for _, d in found]
+            sd = f"{statistics.stdev(diffs):.2f}" if len(diffs) > 1 else "-"
+            het = "-" if i or test is None else f"{test['test']}: {test['stat']}, df {test['df']}, p = {test['p']:.3f}"
+            lines.append(f"| {label} | {host} | {len(diffs)} | {_seed_list([s for s, _ in found])} | "
+                         f"{_signed(statistics.fmean(diffs))} | {sd} | {het} |")
+    return lines
 
 
 def _wall_time(rows: list[dict]) -> str | None:
@@ -443,10 +555,12 @@ def _wall_time(rows: list[dict]) -> str | None:
 
 
 def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | None = None,
-                keys: list[str] | None = None, title: str | None = None, rounds: dict | None = None) -> str:
+                keys: list[str] | None = None, title: str | None = None, rounds: dict | None = None,
+                commands: list[str] | None = None, notes: list[str] = (), sections: list[str] = ()) -> str:
     """results.md; with compare()'s fields in the configurations and `study` (read_study()), the baseline and data
     line, the Δ and paper columns and a note on how to read them; with `rounds` (focalnet-study's state), the
-    design, budget and rounds."""
+    design, budget and rounds. `commands`: the commands to list (default: those the runs recorded); `notes`: lines
+    after the machines line; `sections`: markdown lines after the table's notes, before the rounds."""
     keys = swept_keys(rows) if keys is None else keys
     study = study or {}
     counts = {s: sum(r["status"] == s for r in rows) for s in NOT_FAILED}
@@ -462,7 +576,8 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
     cols += ["paper top-1 (%)", "paper Δ (pts)"] if with_paper else []
     folders = sweep_dir if isinstance(sweep_dir, (list, tuple)) else [sweep_dir]
     lines = [f"# {title}" if title else "# Sweep " + " + ".join(f"`{f}`" for f in folders), ""]
-    commands = [c for c in dict.fromkeys(r.get("argv") for r in rows) if c]
+    if commands is None:
+        commands = [c for c in dict.fromkeys(r.get("argv") for r in rows) if c]
     if len(commands) == 1:
         lines += [f"Command: `{commands[0]}`", ""]
     elif commands:  # several folders: each one's command, the first folder's first
@@ -481,13 +596,17 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
         lines += [f"Data: {study['data']}", ""]
     if design is not None:
         lines += [f"Design: α = {design.alpha:g} family-wise over {design.rows} row(s), δ = ±{design.delta:g} points, "
-                  f"{design.seeds_per_round} seeds per round, cap {design.max_seeds} seeds"
+                  f"{design.seeds_per_round} seeds per round, cap {design.max_seeds} seeds, procedure "
+                  + ("obf (O'Brien-Fleming-type spending, TOST equivalence)" if design.procedure == "obf"
+                     else "bonferroni")
                   + (f", budget {rounds['budget_hours']:g} h ({rounds['spent_hours']:.2f} h spent)"
                      if rounds and rounds.get("budget_hours") else ""), ""]
     lines += [head]
     machines = _machines(rows)
     if machines:
         lines += ["", machines]
+    for note in notes:
+        lines += ["", note]
     span = _wall_time(rows)
     if span:
         lines += ["", span]
@@ -507,6 +626,7 @@ def to_markdown(sweep_dir, rows: list[dict], configs: list[dict], study: dict | 
         lines.append("| " + " | ".join(cells) + " |")
     if with_delta or with_paper:
         lines += ["", _how_to_read(with_delta, study.get("paper") if with_paper else None, design)]
+    lines += list(sections)
     if rounds and rounds.get("rounds"):
         lines += ["", "## Rounds", "", "| round | started | values | seeds | wall time (min) | exit |",
                   "|---|---|---|---|---|---|"]
@@ -543,7 +663,8 @@ def write_csv(path: Path, rows: list[dict], keys: list[str] | None = None) -> No
     """results.csv: one row per job, with what row_from_csv() needs to pair it again where its folder is not."""
     keys = swept_keys(rows) if keys is None else keys
     search = ["trial", "pruned_at_epoch"] if any(r.get("trial") is not None for r in rows) else []
-    cols = ["job_num", "status", *search, *keys, "seed", *STATS, *METRICS, *RECORD, "started_at", "finished_at",
+    gpu = ["gpu"] if any(r.get("gpu") for r in rows) else []
+    cols = ["job_num", "status", *search, *keys, "seed", *STATS, *METRICS, *RECORD, *gpu, "started_at", "finished_at",
             "error", "run_dir", "val_curve"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, cols, extrasaction="ignore")
@@ -566,7 +687,7 @@ def row_from_csv(row: dict) -> dict:
     return {"job_num": int(row["job_num"]) if (row.get("job_num") or "").isdigit() else None,
             "status": row.get("status") or "missing", "overrides": {},
             "seed": int(seed) if (seed or "").lstrip("-").isdigit() else seed or None,
-            **{k: number(k) for k in (*STATS, *METRICS)}, **{k: row.get(k) or None for k in RECORD},
+            **{k: number(k) for k in (*STATS, *METRICS)}, **{k: row.get(k) or None for k in (*RECORD, "gpu")},
             "error": row.get("error") or None, "run_dir": row.get("run_dir"), "argv": None, "wandb": None,
             "started_at": row.get("started_at") or None, "finished_at": row.get("finished_at") or None,
             "val_curve": dict(enumerate(json.loads(row["val_curve"]))) if row.get("val_curve") else {},
