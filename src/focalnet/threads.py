@@ -1,22 +1,50 @@
-"""A job's CPU threads: as many as it was given, waiting passively, so that a shared machine costs it its fair share.
+"""A job's CPU threads: as many as it was given, waiting passively where the cores are shared, so that a busy machine
+costs it its fair share.
 
 torch starts one thread per core of the machine, whatever this process was given: under `taskset`, or on a SLURM node
-whose cgroup does not pin cores, that oversubscribes. And OpenMP threads that spin at every barrier lose whole
-scheduler slices to the other processes of a busy machine: the default run took 3.7x its time beside one busy loop,
-1.7x with passive waiting, which costs nothing measurable alone (README, Speed).
+whose cgroup does not pin cores, that oversubscribes. And OpenMP threads spin at every barrier: alone that saves the
+wake-up (the default digits run took 23 s spinning, 32 s waiting passively), beside other work they lose whole
+scheduler slices (74 s against 43 s beside one busy loop; README, Speed). So they wait passively only where other
+work is there to compete.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 WAIT_POLICY = "OMP_WAIT_POLICY"
 
 
+def run_queue() -> int:
+    """Processes runnable on the machine now, this one included (/proc/loadavg's fourth field)."""
+    return int(Path("/proc/loadavg").read_text().split()[3].split("/")[0])
+
+
+def cores_shared(runnable: Callable[[], int] = run_queue, looks: int = 5) -> bool:
+    """Whether other work competes for this process's cores: SLURM gave it fewer CPUs than it may run on (the node's
+    other cores serve other jobs), or other runnable processes and this one's threads outnumber its cores, in most of
+    `looks` looks a few milliseconds apart (a process that only passes by is no competitor)."""
+    threads, cores = thread_budget()[0], len(os.sched_getaffinity(0))
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) < cores:
+        return True
+    try:
+        others = []
+        for _ in range(looks):
+            others.append(runnable() - 1)
+            time.sleep(0.004)
+    except (OSError, ValueError, IndexError):  # no /proc: nothing known, OpenMP's default
+        return False
+    return sorted(others)[looks // 2] + threads > cores
+
+
 def passive_wait_by_default() -> None:
-    """OMP_WAIT_POLICY=PASSIVE unless the user set it: OpenMP reads it once, when torch loads it, so this runs
-    before the first import of torch (focalnet/__init__.py)."""
-    if not os.environ.get(WAIT_POLICY):
+    """OMP_WAIT_POLICY=PASSIVE where the cores are shared, unless the user set it: OpenMP reads it once, when torch
+    loads it, so this runs before the first import of torch (focalnet/__init__.py)."""
+    if not os.environ.get(WAIT_POLICY) and cores_shared():
         os.environ[WAIT_POLICY] = "PASSIVE"
 
 
