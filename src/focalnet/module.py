@@ -22,7 +22,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from focalnet import schema
-from focalnet.job import CheckpointError, read_checkpoint
+from focalnet.checkpoint import CheckpointError, read_checkpoint
 from focalnet.runinfo import one_line
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_warn
 
-from focalnet.job import read_checkpoint
+from focalnet.checkpoint import read_checkpoint
 from focalnet.runinfo import atomic_file, one_line
 
 
