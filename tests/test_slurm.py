@@ -90,7 +90,10 @@ def test_a_preempted_job_is_requeued_and_ends_as_the_uninterrupted_run(slurm, tm
     sweep = tmp_path / "sweep"
     env = dict(os.environ, WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(tmp_path), **slurm)
     env.pop("HYDRA_FULL_ERROR", None)
-    cmd = [str(Path(os.sys.executable).parent / "focalnet-train"), "-m", *SLURM, *QUICK, f"hydra.sweep.dir={sweep}"]
+    # Both CPUs of the node, so that the job computes on as many threads as the uninterrupted run (trained_run): one
+    # thread would sum in another order.
+    cmd = [str(Path(os.sys.executable).parent / "focalnet-train"), "-m", *SLURM, "hydra.launcher.cpus_per_task=2",
+           *QUICK, f"hydra.sweep.dir={sweep}"]
     launcher = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # SLURM's warning, as preemption or the time limit sends it, once the job has trained its first epoch.
     deadline = time.monotonic() + 180
@@ -111,7 +114,8 @@ def test_a_preempted_job_is_requeued_and_ends_as_the_uninterrupted_run(slurm, tm
     assert 0 < first["step"] and first["checkpoint"] == summary["resumed_from"]
     assert second["status"] == "completed" and summary["wall_time_s"] == pytest.approx(
         first["wall_time_s"] + second["wall_time_s"], abs=2e-3)  # fmt: skip
-    # Resumed exactly: every metric as the uninterrupted run's (same seed, on this machine).
+    # Resumed exactly: every metric as the uninterrupted run's (same seed and threads, on this machine).
+    assert summary["threads"] == {"threads": 2, "source": "SLURM_CPUS_PER_TASK", "wait_policy": "PASSIVE"}
     full = read_summary(trained_run)["metrics"]
     keys = [k for k in full if k.startswith(("test/", "val/", "train/")) and k != "train/images_per_s"]
     for key in keys:
