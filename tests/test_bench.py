@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import focalnet
-from focalnet import bench
+from focalnet.tools import bench
 
 TINY = {"hidden_size": 32, "num_layers": 2}
 # One repeat of one step on a 2-block, width-32 card model at 32 px: seconds, and no timed assertions.

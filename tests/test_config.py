@@ -95,7 +95,7 @@ def test_trainer_options(name, tmp_path):
     overrides = [f"trainer={name}"]
     if name in ("gpu", "ddp", "multinode"):  # this machine has no GPU: build the same Trainer on the CPU
         overrides += ["trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=1"]
-    from focalnet.build import resolve_trainer_precision
+    from focalnet.run.build import resolve_trainer_precision
 
     cfg = compose_train(overrides, tmp_path)
     resolve_trainer_precision(cfg, {})  # as the app does: precision=auto becomes what this machine runs
@@ -107,7 +107,7 @@ def test_trainer_options(name, tmp_path):
 
 @pytest.mark.parametrize("name", options("logger"))
 def test_logger_options(name, tmp_path):
-    from focalnet.build import instantiate_all
+    from focalnet.run.build import instantiate_all
 
     cfg = compose_train([f"logger={name}"], tmp_path)
     loggers = instantiate_all(cfg.get("logger"))
@@ -118,7 +118,7 @@ def test_logger_options(name, tmp_path):
 
 @pytest.mark.parametrize("name", options("callbacks"))
 def test_callback_options(name, tmp_path):
-    from focalnet.build import instantiate_all
+    from focalnet.run.build import instantiate_all
 
     selection = "default" if name == "default" else f"[default,{name}]"
     cfg = compose_train([f"callbacks={selection}"], tmp_path)
@@ -131,7 +131,7 @@ def test_callback_options(name, tmp_path):
 
 @pytest.mark.parametrize("name", options("debug"))
 def test_debug_options(name, tmp_path):
-    from focalnet.build import build_trainer
+    from focalnet.run.build import build_trainer
 
     cfg = compose_train([f"debug={name}"], tmp_path)
     trainer = build_trainer(cfg, {"override_string": "", "sweep_dir": None})

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import focalnet
-from focalnet import export
-from focalnet.module import model_from_checkpoint
+from focalnet.run.module import model_from_checkpoint
+from focalnet.tools import export
 
 
 @pytest.fixture(scope="module")

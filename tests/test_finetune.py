@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import focalnet
 from conftest import TINY, read_summary, run_cli
-from focalnet.module import ClassificationModule, param_groups, warmup_cosine
+from focalnet.run.module import ClassificationModule, param_groups, warmup_cosine
 from test_config import compose_train
 from test_reliability import run_in_process
 

@@ -21,12 +21,13 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from conftest import QUICK, TINY, job_dir, read_summary, run_cli
-from focalnet import bench, create_model
-from focalnet.callbacks import RNGStateInCheckpoint
+from focalnet import create_model
 from focalnet.models import focalnet as focalnet_models
 from focalnet.models import gemm
-from focalnet.module import ClassificationModule, host_sync_is_costly
 from focalnet.precision import resolve_precision
+from focalnet.run.callbacks import RNGStateInCheckpoint
+from focalnet.run.module import ClassificationModule, host_sync_is_costly
+from focalnet.tools import bench
 from test_bench import ARGS as BENCH_ARGS
 from test_reliability import EPOCH_BATCHES, NAN_AT_STEP, assert_same_metrics, run_signalled
 

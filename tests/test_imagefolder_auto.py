@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import TINY, read_summary
-from focalnet import evaluate, train
-from focalnet.build import fill_split_file
 from focalnet.data import ImageFolderDataModule
+from focalnet.run import evaluate, train
+from focalnet.run.build import fill_split_file
 
 COLORS = {"cat": (255, 0, 0), "dog": (0, 255, 0), "fox": (0, 0, 255)}
 

@@ -385,8 +385,8 @@ def test_gemm_choice_is_measured_once_per_shape_and_reused_from_the_machine_cach
 def test_gemm_choice_recorded_first_wins_and_a_checkpoint_carries_the_choices(monkeypatch, tmp_path):
     """Two processes that measured one shape at once keep the first recorded choice (a run and its resumed part must
     compute alike), and a checkpoint's choices win over the machine's cache in the process that loads it."""
-    from focalnet.callbacks import GemmChoicesInCheckpoint
     from focalnet.models import gemm
+    from focalnet.run.callbacks import GemmChoicesInCheckpoint
 
     monkeypatch.setenv("FOCALNET_GEMM", "auto")
     monkeypatch.setenv("FOCALNET_CACHE", str(tmp_path))

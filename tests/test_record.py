@@ -47,7 +47,7 @@ def test_an_earlier_record_reads_and_a_broken_one_is_refused_in_one_line(tmp_pat
         assert str(error.value) == f"{path}: {why}", name
         assert read_status(path) is None
     # The report lists such a job as missing, with the same line.
-    from focalnet.report import collect_folder
+    from focalnet.studies.report import collect_folder
 
     (row,) = collect_folder(tmp_path / "list")
     assert row["status"] == "missing" and row["error"] == f"{tmp_path / 'list' / 'summary.json'}: {cases['list'][1]}"

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from conftest import BIN, QUICK, TINY, read_summary, run_cli
-from focalnet import build, train
 from focalnet.models import gemm
-from focalnet.plugins import AtomicCheckpointIO
+from focalnet.run import build, train
+from focalnet.run.plugins import AtomicCheckpointIO
 from focalnet.runinfo import one_line, write_json
 
 EPOCH_BATCHES = 79  # digits' 1257 training images in batches of 16 (QUICK)
@@ -115,8 +115,8 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_metrics(trained_r
 # epoch 0 or "test"), as a scheduler would, at a batch known in advance.
 SIGTERM_AT = """
 import os, signal, sys
-from focalnet.module import ClassificationModule
-from focalnet.train import main
+from focalnet.run.module import ClassificationModule
+from focalnet.run.train import main
 
 step = getattr(ClassificationModule, "{stage}_step")
 def stage_step(self, batch, batch_idx):
@@ -201,8 +201,8 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_file_whole(tmp_path):
 NAN_AT_STEP = """
 import sys
 import torch
-from focalnet.module import ClassificationModule
-from focalnet.train import main
+from focalnet.run.module import ClassificationModule
+from focalnet.run.train import main
 
 step = ClassificationModule.training_step
 poisoned = []
@@ -213,8 +213,8 @@ def training_step(self, batch, batch_idx):
     return step(self, batch, batch_idx)
 ClassificationModule.training_step = training_step
 if {deferred}:  # as on a GPU: the first non-finite step kept on the device, looked at later
-    import focalnet.module
-    focalnet.module.host_sync_is_costly = lambda device: True
+    import focalnet.run.module
+    focalnet.run.module.host_sync_is_costly = lambda device: True
 sys.argv = ["focalnet-train", *sys.argv[1:]]
 main()
 """

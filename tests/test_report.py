@@ -6,8 +6,8 @@ import matplotlib.image
 import pytest
 from scipy import stats
 
-from focalnet.report import aggregate, collect, compare, learning_curve, main
-from focalnet.sequential import Design, replication_seeds
+from focalnet.studies.report import aggregate, collect, compare, learning_curve, main
+from focalnet.studies.sequential import Design, replication_seeds
 
 LEVELS, KERNELS, SEEDS = (10, 2), (3, 5), (0, 1)  # 10 first: the report must sort numerically, not as text
 
@@ -296,7 +296,7 @@ def test_grid_baseline_pairs_within_other_keys():
 
 
 def test_a_resumed_study_counts_the_time_its_jobs_ran_not_the_pause():
-    from focalnet.report import _wall_time
+    from focalnet.studies.report import _wall_time
 
     def part(start, end):  # minutes after 10:00
         return {"started_at": f"2026-01-01T10:{start:02d}:00+00:00", "finished_at": f"2026-01-01T10:{end:02d}:00+00:00"}
@@ -417,7 +417,7 @@ def test_an_obf_study_reports_its_tost_interval_and_a_fresh_study_past_the_cap(s
 
 
 def test_heterogeneity_is_welchs_test():
-    from focalnet.report import heterogeneity
+    from focalnet.studies.report import heterogeneity
 
     a, b, c = [0.2, 0.3, 0.1, 0.25], [1.1, 0.9, 1.0], [0.5, 0.7, 0.4, 0.6, 0.55]
     two = heterogeneity({"zen": a, "xeon": b, "one pair": [3.0]})

@@ -19,7 +19,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import BIN, TINY, job_dir, read_summary, run_cli
-from focalnet.job import apply_resume, job_lock, requeue_slurm_job, resume_state
+from focalnet.run.job import apply_resume, job_lock, requeue_slurm_job, resume_state
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEP = ("-m", "model.focal_levels=1,2", "seed=0,1", *TINY, "logger=csv", "hydra.sweep.dir=sweep")  # 4 jobs
@@ -66,7 +66,7 @@ def test_killed_sweep_finishes_with_resume_auto(tmp_path):
     assert [(read_summary(j)["overrides"]["model.focal_levels"], read_summary(j)["seed"]) for j in jobs] == [
         (1, 0), (1, 1), (2, 0), (2, 1)]
 
-    from focalnet.report import main
+    from focalnet.studies.report import main
 
     main([str(sweep)])
     with open(sweep / "results.csv") as f:
@@ -167,7 +167,7 @@ def test_each_parallel_worker_gets_its_own_gpus(tmp_path, monkeypatch):
 
     import torch
 
-    from focalnet import sweeps
+    from focalnet.run import sweeps
 
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     monkeypatch.setattr(sweeps, "_claimed", [])

@@ -16,8 +16,8 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import TINY, read_summary, run_cli
-from focalnet import evaluate, train
-from focalnet.job import apply_resume, earlier_parts, resume_state
+from focalnet.run import evaluate, train
+from focalnet.run.job import apply_resume, earlier_parts, resume_state
 
 # 2 epochs of 2 steps, every epoch's checkpoint kept: epoch000.ckpt at step 2, epoch001.ckpt and last.ckpt at step 4.
 COMMAND = (*TINY, "trainer.max_epochs=2", "logger=csv", "callbacks.model_checkpoint.save_top_k=-1")

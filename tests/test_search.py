@@ -1,4 +1,4 @@
-"""Optuna searches that stop bad trials early (hparams_search=median/asha/hyperband, focalnet.search): pruned trials
+"""Optuna searches that stop bad trials early (hparams_search=median/asha/hyperband, search.sweeper): pruned trials
 recorded as pruned, one study shared by parallel workers, resume after SIGTERM, DDP trials, the report, bad input.
 (A search on SLURM: tests/test_slurm.py.)"""
 
@@ -175,7 +175,7 @@ def test_a_pruned_ddp_trial_stops_on_every_rank(tmp_path):
 def test_a_bad_pruner_is_named_in_one_line(spec, metric, error):
     from omegaconf import OmegaConf
 
-    from focalnet.search import make_pruner
+    from focalnet.search.sweeper import make_pruner
 
     with pytest.raises(ValueError) as raised:
         make_pruner(OmegaConf.create(spec), metric)

@@ -1,4 +1,4 @@
-"""The rounds' procedure (focalnet.sequential) on simulated studies: per-seed paired differences drawn with a known
+"""The rounds' procedure (studies.sequential) on simulated studies: per-seed paired differences drawn with a known
 Δ and sd, seeded, no training."""
 
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from focalnet import sequential
-from focalnet.sequential import (
+from focalnet.studies import sequential
+from focalnet.studies.sequential import (
     PENDING,
     PROCEDURES,
     VERDICTS,

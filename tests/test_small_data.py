@@ -17,10 +17,10 @@ from hydra.utils import instantiate
 from PIL import Image
 
 from conftest import TINY, read_summary
-from focalnet import train
-from focalnet.callbacks import ModelCheckpoint
 from focalnet.data.imagefolder import auto_image_size
-from focalnet.module import warmup_steps_for
+from focalnet.run import train
+from focalnet.run.callbacks import ModelCheckpoint
+from focalnet.run.module import warmup_steps_for
 from test_config import compose_train
 from test_imagefolder_auto import run_app
 

@@ -100,7 +100,7 @@ def test_outside_the_checkout_it_says_where_it_looked_for_studies(tmp_path, args
 def test_the_committed_studies_keep_their_recipe():
     """A change of the defaults (conf/optim, conf/trainer, a new model switch) must not change what a committed
     study's runs computed: the recipe each rounds.json recorded is the one the study composes today."""
-    from focalnet.study import load_spec, setting
+    from focalnet.studies.study import load_spec, setting
 
     states = sorted(Path("experiments").glob("*/fashion_mnist/rounds.json"))
     assert len(states) >= 7
@@ -117,7 +117,7 @@ def test_the_committed_studies_keep_their_recipe():
 def test_the_digits_studies_keep_the_recipe_of_their_committed_results():
     """experiments/focal_levels/digits/ ran with the default recipe of November 2026; the default has changed since
     (80 warm-up steps, PyTorch's init), the digits studies' recipe must not."""
-    from focalnet.study import load_spec
+    from focalnet.studies.study import load_spec
 
     reference = load_spec("focal_levels", "digits").reference
     pinned = {"trainer.max_epochs": 15, "trainer.precision": "32-true", "optim.optimizer.lr": 0.004,
@@ -129,8 +129,8 @@ def test_the_digits_studies_keep_the_recipe_of_their_committed_results():
 
 def test_a_pair_is_made_on_one_machine():
     """fp32 results differ between CPUs by about seed noise: the next round runs what pairs like with like here."""
-    from focalnet.sequential import PENDING, Design
-    from focalnet.study import Spec, needed
+    from focalnet.studies.sequential import PENDING, Design
+    from focalnet.studies.study import Spec, needed
 
     spec = Spec("s", "d", None, "k", [1, 2], 1, Design(rows=1), None, {}, {1: "{}", 2: "{}"})
 
@@ -150,7 +150,7 @@ def test_a_pair_is_made_on_one_machine():
 def test_a_ledger_without_its_rounds_file_is_refused(tmp_path):
     """results.csv names each run's recipe by id, rounds.json holds the recipe: copied apart (an older rounds.json
     beside a newer ledger) the runs would silently not count; the study says so in one line instead."""
-    from focalnet.study import load_spec, recorded_runs
+    from focalnet.studies.study import load_spec, recorded_runs
 
     folder = tmp_path / "gate_act"
     shutil.copytree(Path("experiments/gate_act"), folder, ignore=shutil.ignore_patterns("*.png"))
@@ -170,7 +170,7 @@ def test_another_studys_unfinished_job_is_not_a_row(tmp_path, monkeypatch):
     job still running (two studies side by side) is no row of this one (it showed as 'running' in every report)."""
     from omegaconf import OmegaConf
 
-    from focalnet.study import compose, load_spec, local_runs
+    from focalnet.studies.study import compose, load_spec, local_runs
 
     shutil.copytree(Path("experiments/conv_embed"), tmp_path / "experiments/conv_embed",
                     ignore=shutil.ignore_patterns("fashion_mnist"))
@@ -260,7 +260,7 @@ def host_runs(tmp_path, spec, runs):
     """Hand-made run folders of the study `spec` (outputs/ablation/<data>/<study>/...): (value, seed, cpu, top-1)."""
     from omegaconf import OmegaConf
 
-    from focalnet.study import compose
+    from focalnet.studies.study import compose
 
     for value, seed, cpu, top1 in runs:
         config = OmegaConf.to_container(compose(spec.folder, ["ablation=digits", f"{spec.key}={value}"]),
@@ -285,7 +285,7 @@ def two_host_study(tmp_path, monkeypatch, hosts):
     """The lr study with hand-made runs: seeds 0-2 on this machine's CPU (4e-3 about +0.2 points), seeds 3-5 on
     another CPU (+1.0 points), each pair on one CPU."""
     from focalnet.runinfo import machine
-    from focalnet.study import load_spec
+    from focalnet.studies.study import load_spec
 
     study = tmp_path / "experiments" / "lr"
     study.mkdir(parents=True)
@@ -303,7 +303,7 @@ def two_host_study(tmp_path, monkeypatch, hosts):
 
 
 def test_by_default_a_study_pairs_and_decides_within_its_host_class(tmp_path, monkeypatch, capsys):
-    from focalnet.study import run
+    from focalnet.studies.study import run
 
     spec, here, other = two_host_study(tmp_path, monkeypatch, "same")
     assert run(spec, dry_run=True) == 0
@@ -324,7 +324,7 @@ def test_by_default_a_study_pairs_and_decides_within_its_host_class(tmp_path, mo
 def test_hosts_any_pools_host_classes_and_reports_delta_per_class(tmp_path, monkeypatch):
     from scipy import stats
 
-    from focalnet.study import run
+    from focalnet.studies.study import run
 
     spec, here, other = two_host_study(tmp_path, monkeypatch, "any")
     assert run(spec, dry_run=True) == 0
@@ -341,7 +341,7 @@ def test_hosts_any_pools_host_classes_and_reports_delta_per_class(tmp_path, monk
 
 
 def test_the_table_names_its_family_and_family_table_splits_alpha_over_every_row(tmp_path):
-    from focalnet.study import table
+    from focalnet.studies.study import table
 
     experiments = committed_copy(tmp_path, "gates", "focal_levels")
     per_study = table("fashion_mnist", experiments)
@@ -362,7 +362,7 @@ def test_the_replication_is_defined_before_any_of_its_runs(tmp_path):
     """experiments/replication: 10 rows over several keys against the one common baseline, K = 10, obf, δ 0.5, cap
     20, seeds 100-119; its dry run writes the frozen design and plans seeds 100-102 for every row and the baseline,
     and the re-runs of seeds 0-8 of the baseline and no gating (no other study here: none exist)."""
-    from focalnet.study import load_spec, setting, settle_design
+    from focalnet.studies.study import load_spec, setting, settle_design
 
     spec = load_spec("replication", "fashion_mnist")
     assert spec.group and spec.key == "row" and spec.baseline == "baseline" and len(spec.values) == 11
@@ -417,7 +417,7 @@ TAIL = ("hydra.sweep.dir=outputs/ablation/fashion_mnist/replication "
 
 def test_rows_of_several_keys_compose_from_a_config_group(tmp_path):
     """A study whose swept key is a config group of its folder: each option a row setting as many keys as it needs."""
-    from focalnet.study import load_spec
+    from focalnet.studies.study import load_spec
 
     study = tmp_path / "experiments" / "pair"
     (study / "row").mkdir(parents=True)

@@ -105,7 +105,7 @@ def test_ddp_metrics_are_synced(ddp_sweep):
     gets from the same checkpoint on the first two batches."""
     import lightning as L
 
-    from focalnet.module import ClassificationModule
+    from focalnet.run.module import ClassificationModule
 
     job = job_dir(ddp_sweep / "sweep", 0)
     summary = read_summary(job)
@@ -121,7 +121,7 @@ def test_ddp_metrics_are_synced(ddp_sweep):
 
 
 def test_report_on_ddp_sweep(ddp_sweep, monkeypatch, capsys):
-    from focalnet.report import main
+    from focalnet.studies.report import main
 
     monkeypatch.chdir(ddp_sweep)
     for var, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_DIR": "wandb-home"}.items():
@@ -168,7 +168,7 @@ def test_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert not list((tmp_path / "sweep").glob("3_*"))
     assert result.stderr.count(f"error: {failed['error']}") == 2
 
-    from focalnet.report import main
+    from focalnet.studies.report import main
 
     main([str(tmp_path / "sweep")])
     with open(tmp_path / "sweep" / "results.csv") as f:
@@ -228,7 +228,7 @@ def test_a_study_runs_with_csv_logging_alone(tmp_path):
 def test_wandb_sweep_file():
     sweep = yaml.safe_load((ROOT / "experiments" / "wandb_sweep.yaml").read_text())
     (program,) = entry_points(group="console_scripts", name=sweep["program"])
-    assert program.value == "focalnet.train:main" and sweep["method"] == "bayes"
+    assert program.value == "focalnet.run.train:main" and sweep["method"] == "bayes"
     assert sweep["command"] == ["${env}", "${program}", "${args_no_hyphens}"]
     assert sweep["metric"] == {"name": "val/acc_top1", "goal": "maximize"}
     # One sample of every parameter, passed the way the agent passes it, is a real key of the train config.
@@ -283,7 +283,7 @@ def test_slurm_launcher_writes_one_task_per_gpu(tmp_path, monkeypatch):
 
 
 def trainer_for(*overrides: str):
-    from focalnet.build import resolve_trainer_precision
+    from focalnet.run.build import resolve_trainer_precision
 
     cfg = compose_cfg(*overrides, "trainer.default_root_dir=.")
     resolve_trainer_precision(cfg, {})  # as the app does: precision=auto becomes what this machine runs
@@ -293,7 +293,7 @@ def trainer_for(*overrides: str):
 def test_cluster_environments(monkeypatch):
     from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment, TorchElasticEnvironment
 
-    from focalnet.job import launches_processes
+    from focalnet.run.job import launches_processes
 
     # On one machine Lightning starts the other ranks (and train.py points them at the job's folder).
     trainer = trainer_for("trainer=ddp_cpu")

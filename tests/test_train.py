@@ -14,7 +14,7 @@ import torch
 
 import focalnet
 from conftest import BIN, TINY, read_summary, run_cli
-from focalnet.module import mix_batch, param_groups, warmup_cosine
+from focalnet.run.module import mix_batch, param_groups, warmup_cosine
 
 # --- optimiser, schedule, mixing -------------------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ def test_the_warmup_is_counted_in_steps_or_in_epochs(warmup, peak, tmp_path):
     import lightning as L
     from torch.utils.data import DataLoader, TensorDataset
 
-    from focalnet.module import ClassificationModule
+    from focalnet.run.module import ClassificationModule
 
     lrs = []
 
@@ -198,7 +198,7 @@ def test_wandb_offline_run_holds_config_and_metrics(trained_run):
 
 
 def test_report_reads_the_learning_curve_back_from_the_offline_wandb_run(trained_run):
-    from focalnet.report import learning_curve
+    from focalnet.studies.report import learning_curve
 
     assert not list(trained_run.rglob("metrics.csv"))  # W&B alone: the curve comes from the .wandb file
     logged = [r["history"]["item"] for r in wandb_records(trained_run) if r["type"] == "history"]

@@ -11,7 +11,8 @@ from PIL import Image
 
 import focalnet
 from conftest import TINY, read_summary, run_cli
-from focalnet import viz
+from focalnet.run import maps
+from focalnet.tools import viz
 from test_train import wandb_records
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -104,30 +105,30 @@ def test_images_are_shown_de_normalised():
     pixels = torch.rand(2, 3, 8, 8)
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     normalised = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    shown = viz.to_display(normalised, mean, std)
+    shown = maps.to_display(normalised, mean, std)
     assert shown.shape == (2, 8, 8, 3) and np.allclose(shown, pixels.permute(0, 2, 3, 1).numpy(), atol=1e-6)
-    assert viz.to_display(normalised[:, :1], mean[:1], std[:1]).shape == (2, 8, 8)  # grayscale: no channel axis
+    assert maps.to_display(normalised[:, :1], mean[:1], std[:1]).shape == (2, 8, 8)  # grayscale: no channel axis
 
 
 def test_blocks_are_chosen_by_name_or_stage_dot_block():
-    assert viz.select_blocks([2, 3], viz.parse_blocks("last")) == [(0, 1), (1, 2)]
-    assert viz.select_blocks([2, 1], viz.parse_blocks("all")) == [(0, 0), (0, 1), (1, 0)]
-    assert viz.select_blocks([2, 3], viz.parse_blocks("0.1,1.0")) == [(0, 1), (1, 0)]
+    assert maps.select_blocks([2, 3], maps.parse_blocks("last")) == [(0, 1), (1, 2)]
+    assert maps.select_blocks([2, 1], maps.parse_blocks("all")) == [(0, 0), (0, 1), (1, 0)]
+    assert maps.select_blocks([2, 3], maps.parse_blocks("0.1,1.0")) == [(0, 1), (1, 0)]
     with pytest.raises(ValueError, match="block 1.3 does not exist"):
-        viz.select_blocks([2, 3], viz.parse_blocks("1.3"))
+        maps.select_blocks([2, 3], maps.parse_blocks("1.3"))
 
 
 def test_figures_hold_a_panel_per_image_block_and_level():
     model = hierarchical()
     images, labels = torch.randn(3, 3, 64, 64), torch.tensor([1, 2, 3])
-    figures = viz.map_figures(model.train(), images, (0.5,) * 3, (0.25,) * 3, "all", labels=labels)
+    figures = maps.map_figures(model.train(), images, (0.5,) * 3, (0.25,) * 3, "all", labels=labels)
     assert model.training  # its mode is given back
     panels = lambda fig: [ax for ax in fig.axes if ax.images]  # noqa: E731  (colour bars hold no image)
     assert len(panels(figures["modulator"])) == 3 * (1 + 4)  # images, then a row per block
     assert len(panels(figures["gates"])) == 3 * (1 + 3)  # image, 2 levels, the global context
     assert [ax.get_title() for ax in figures["gates"].axes[1:4]] == ["level 1 (3x3)", "level 2 (5x5)", "global context"]
     assert figures["modulator"].axes[0].get_title().startswith("true 1\npred ")
-    assert len(panels(viz.kernels_figure(model))) == 4 * 2  # a column per stage, a row per level
+    assert len(panels(maps.kernels_figure(model))) == 4 * 2  # a column per stage, a row per level
 
 
 # --- focalnet-viz and the callback, on one tiny training run -------------------------------------------------------

@@ -1,6 +1,6 @@
 """The run record: what a job's summary.json holds, declared once (as focalnet.schema declares the config).
 
-focalnet.job writes it, atomically, at each change of status (write_record); resume=auto, the sweep monitor, the
+focalnet.run.job writes it, atomically, at each change of status (write_record); resume=auto, the sweep monitor, the
 Optuna sweeper and focalnet-report read it (read_record). The declared keys have one type each; a tool may add keys of
 its own (evaluate's checkpoint, a search's trial), which are kept as they are. Records written before this module
 read the same way (their keys are these); a file that is not a record is refused in one line that says why.
@@ -21,7 +21,7 @@ from focalnet.runinfo import write_json
 class Status(str, Enum):
     RUNNING = "running"
     COMPLETED = "completed"
-    PRUNED = "pruned"  # stopped early by its search's pruner (focalnet.search): a normal end
+    PRUNED = "pruned"  # stopped early by its search's pruner (focalnet.search.sweeper): a normal end
     FAILED = "failed"
     INTERRUPTED = "interrupted"  # SIGTERM, Ctrl-C, SLURM's warning: resume=auto (or the requeue) continues it
 
@@ -46,7 +46,7 @@ class Part(BaseModel):
 
     model_config = ConfigDict(extra="allow")  # how it stopped: signal, epoch, step, checkpoint, requeued, SLURM ids
     started_at: str | None = None
-    finished_at: str | None = None  # a killed part: its last write (focalnet.job.earlier_parts)
+    finished_at: str | None = None  # a killed part: its last write (focalnet.run.job.earlier_parts)
     host: str | None = None
     status: Status | Literal["killed"] | None = None
     wall_time_s: float | None = None
@@ -77,7 +77,7 @@ class RunRecord(BaseModel):
     warnings: list[Any] = []
     resumed_from: str | None = None
     bad_checkpoint: str | None = None  # the checkpoint it failed on: resume=auto continues it all the same
-    trial: int | None = None  # its number in an Optuna search (focalnet.search)
+    trial: int | None = None  # its number in an Optuna search (focalnet.search.sweeper)
     pruned_at_epoch: int | None = None  # the epoch after which the search's pruner stopped it
 
 

@@ -201,7 +201,7 @@ class ModelCheckpoint(Group):
     save_top_k: Annotated[int, Field(ge=-1)] = UNSET
     save_last: bool | Literal["link"] | None = None
     every_n_epochs: NonNegInt | None = None
-    tie_breaker: str | None = None  # focalnet.callbacks.ModelCheckpoint: a tie goes to its lower value (val/loss)
+    tie_breaker: str | None = None  # focalnet.run.callbacks.ModelCheckpoint: a tie goes to its lower value (val/loss)
 
 
 class EarlyStopping(Group):
@@ -253,7 +253,7 @@ class Search(Group):
 
 
 class Sweeper(Group):
-    """hydra.sweeper of hparams_search=... (focalnet.search.OptunaSearch): a count below 1 would run no trial."""
+    """hydra.sweeper of hparams_search=... (focalnet.search.sweeper): a count below 1 would run no trial."""
 
     n_trials: PosInt = UNSET
     n_jobs: PosInt = UNSET

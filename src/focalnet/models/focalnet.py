@@ -597,7 +597,7 @@ class FocalNet(nn.Module):
         return self
 
     def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[dict]]:
-        """`forward(x)` and what every block's focal modulation computed, for analysis and figures (focalnet.viz).
+        """`forward(x)` and what every block's focal modulation computed, for analysis and figures (focalnet.tools.viz).
 
         Returns `(output, maps)`, `maps` one dict per block in forward order: `stage` and `block` (indices),
         `gates` `[B, H, W, L+1]`: the weight each token gives focal level l = 0..L-1 and, last, the global

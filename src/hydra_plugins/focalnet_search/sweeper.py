@@ -1,4 +1,4 @@
-"""Hydra finds sweepers only under hydra_plugins: this is focalnet.search.OptunaSearch under that name.
+"""Hydra finds sweepers only under hydra_plugins: this is focalnet.search.sweeper.OptunaSearch under that name.
 
 The import waits for the sweep itself, so that every other Hydra command (which imports all plugins) does not pay for
 optuna's import.
@@ -13,7 +13,7 @@ from hydra.plugins.sweeper import Sweeper
 
 class FocalnetOptunaSweeper(Sweeper):
     def __init__(self, **options: Any) -> None:
-        from focalnet.search import OptunaSearch
+        from focalnet.search.sweeper import OptunaSearch
 
         self.search = OptunaSearch(**options)
 

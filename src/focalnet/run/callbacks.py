@@ -253,7 +253,7 @@ class CheckpointOnInterrupt(Callback):
 
 
 class ModulatorMaps(Callback):
-    """Every `every_n_epochs` epochs, at validation end: focalnet.viz's modulator and gate figures of the first
+    """Every `every_n_epochs` epochs, at validation end: focalnet.run.maps's modulator and gate figures of the first
     `num_images` validation images (the first batch as the module sees it, kept from the first validation on), logged
     to W&B and TensorBoard as `viz/modulator` and `viz/gates` and saved as `dirpath/epoch<NNN>_{modulator,gates}.png`.
 
@@ -263,7 +263,7 @@ class ModulatorMaps(Callback):
     """
 
     def __init__(self, dirpath: str, every_n_epochs: int = 5, num_images: int = 4, blocks: str = "last"):
-        from focalnet.viz import parse_blocks
+        from focalnet.run.maps import parse_blocks
 
         for key, value in (("every_n_epochs", every_n_epochs), ("num_images", num_images)):
             if not isinstance(value, int) or value < 1:
@@ -275,7 +275,7 @@ class ModulatorMaps(Callback):
         self._drawn_epoch = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        from focalnet.viz import depths_of, select_blocks
+        from focalnet.run.maps import depths_of, select_blocks
 
         select_blocks(depths_of(pl_module.model), self.blocks)  # a block the model lacks fails now, not epochs later
 
@@ -292,7 +292,7 @@ class ModulatorMaps(Callback):
             return
         import matplotlib.pyplot as plt
 
-        from focalnet.viz import map_figures
+        from focalnet.run.maps import map_figures
 
         self._drawn_epoch = epoch
         data = trainer.datamodule

@@ -38,7 +38,7 @@ has no room for that. So `calibrate` lowers the level spent under normal differe
 (a standardized gamma) cross each boundary with probability at most a: the guarantee holds for normal differences
 and at that skew. docs/sequential.md measures it, and skewness 1 (where neither procedure holds α) and heavy tails.
 
-`simulate` measures the rates on simulated studies, every wrong verdict counted (`python -m focalnet.sequential
+`simulate` measures the rates on simulated studies, every wrong verdict counted (`python -m focalnet.studies.sequential
 --doc` prints docs/sequential.md's tables); `replication_seeds` says what a fresh fixed-n study would need past the
 cap. The family is the K rows a caller passes as Design.rows: a study's rows, or every row of a table.
 
@@ -258,7 +258,8 @@ def project_designs() -> list[Design]:
 
 def write_bounds(designs: Sequence[Design] = (), path: Path = BOUNDS_FILE) -> None:
     """Calibrate (SEED, PATHS) the bounds of `designs` (the project's when none) and write them to `path`:
-    `python -m focalnet.sequential --calibrate`. Each look schedule's paths are drawn once for all its levels."""
+    `python -m focalnet.studies.sequential --calibrate`. Each look schedule's paths are drawn once for all its
+    levels."""
     designs = list(designs) or project_designs()
     records = []
     for looks in dict.fromkeys(tuple(d.looks) for d in designs):
@@ -413,7 +414,7 @@ def _row(cells: Sequence) -> str:
 
 def doc_tables(seed: int = 1) -> str:
     """docs/sequential.md's tables, from simulated studies drawn from `seed` (the same draws for both procedures):
-    `python -m focalnet.sequential --doc`."""
+    `python -m focalnet.studies.sequential --doc`."""
     studies = {1: 100_000, 4: 25_000, 10: 10_000}
     worst = 1000.0  # sd so large that no row can be equivalent: every row goes to the cap unless it errs
     out = ["### Normal differences", "",
@@ -474,12 +475,13 @@ def doc_tables(seed: int = 1) -> str:
 
 
 def main(argv=None) -> None:
-    """`python -m focalnet.sequential [--rows K ...]`: the design's operating characteristics on simulated studies
-    (the README's table): the family-wise rate of wrong verdicts and how often each verdict comes, for a few true
-    differences and sds. `--doc`: docs/sequential.md's tables; `--calibrate`: rewrite sequential_bounds.json."""
+    """`python -m focalnet.studies.sequential [--rows K ...]`: the design's operating characteristics on simulated
+    studies (the README's table): the family-wise rate of wrong verdicts and how often each verdict comes, for a few
+    true differences and sds. `--doc`: docs/sequential.md's tables; `--calibrate`: rewrite sequential_bounds.json."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m focalnet.sequential", description=main.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m focalnet.studies.sequential",
+                                     description=main.__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 2, 3, 4])
     parser.add_argument("--studies", type=int, default=4000)
     parser.add_argument("--procedure", choices=PROCEDURES, default="bonferroni")

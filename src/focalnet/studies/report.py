@@ -10,7 +10,7 @@ Writes results.csv (one row per job), results.md (one row per configuration: job
 differ between them, minus ``seed``; test top-1 as mean ± std over seeds), acc_vs_*.png and curves.png (validation
 top-1 per epoch, from the jobs' CSV-logger metrics.csv or their offline W&B runs). With a baseline (the `study:`
 block of the jobs' config, or --baseline) every other row also gets its difference to it, paired by seed, with the
-study's repeated confidence interval and verdict (focalnet.sequential: family-wise α over the rows) and forest.png;
+study's repeated confidence interval and verdict (studies.sequential: family-wise α over the rows) and forest.png;
 with the study's `paper:` numbers, the paper's top-1 and difference for the same setting. Runs whose precision or
 torch version differ are not paired: the report refuses them, naming both. When the jobs logged to W&B (their
 summary.json says where), the table and plots go to one more run in the same project and group.
@@ -31,7 +31,7 @@ import yaml
 
 from focalnet.record import NotARecord, Status, read_record
 from focalnet.runinfo import parse_overrides
-from focalnet.sequential import PENDING, Design, decide, replication_seeds, seeds_to_decide
+from focalnet.studies.sequential import PENDING, Design, decide, replication_seeds, seeds_to_decide
 
 METRICS = ("test/acc_top1", "val/acc_top1")
 # Statuses that are not failures: an interrupted job resumes where it stopped (resume=auto, a SLURM requeue).
@@ -262,7 +262,7 @@ def _by_seed(jobs: list[dict]) -> dict:
 
 
 def study_design(study: dict, rows: int) -> Design:
-    """The study's Design (focalnet.sequential): the one given, else the study block's alpha, delta,
+    """The study's Design (focalnet.studies.sequential): the one given, else the study block's alpha, delta,
     seeds_per_round, max_seeds and procedure over `rows` rows."""
     if isinstance(study.get("design"), Design):
         return study["design"]
@@ -274,7 +274,7 @@ def paired(diffs: list[float], design: Design, stopped: str | None = None) -> di
     """The mean of paired differences (points) with the study's repeated confidence interval, its equivalence
     interval (TOST under "obf") and verdict at the last look the pairs reach; for an undecided row the pairs its
     observed mean and sd say would decide it, and for a row the cap left inconclusive the seeds a fresh fixed-n
-    replication would need ("replication": focalnet.sequential.replication_seeds), not a continuation the design
+    replication would need ("replication": focalnet.studies.sequential.replication_seeds), not a continuation the design
     does not cover."""
     decision = decide(diffs, design, stopped)
     result = dict.fromkeys(PAIRED) | {"n_pairs": decision.n, "delta": decision.delta, "sd": decision.sd,
@@ -431,7 +431,7 @@ def _how_to_read(with_delta: bool, paper: dict | None, design: Design | None = N
         text += (
             "Δ is a row's test top-1 minus the baseline's in percentage points, paired by seed (seed s against seed "
             "s) and averaged over the pairs of the last look reached. *Interval* is a repeated confidence interval "
-            "(Jennison & Turnbull 1989; focalnet.sequential): mean ± c_n·sd/√n over the n pairs, ")
+            "(Jennison & Turnbull 1989; focalnet.studies.sequential): mean ± c_n·sd/√n over the n pairs, ")
         if design.procedure == "obf":
             looks = ", ".join(f"{n} ({design.bound(n):.2f}, {design.eq_bound(n):.2f})" for n in design.looks)
             text += (
@@ -813,7 +813,7 @@ def write_plots(out: Path, rows: list[dict], configs: list[dict], keys: list[str
 
 
 def trials_markdown(rows: list[dict]) -> list[str]:
-    """The "Trials" section of an Optuna search's report (jobs with a trial number, focalnet.search): each trial's
+    """The "Trials" section of an Optuna search's report (jobs with a trial number, search.sweeper): each trial's
     parameters, how it ended, the epochs it trained and its last validation top-1, the best trial marked; and the
     epochs the pruner saved."""
     trials = sorted((r for r in rows if r.get("trial") is not None), key=lambda r: r["trial"])
@@ -838,7 +838,7 @@ def trials_markdown(rows: list[dict]) -> list[str]:
 
 
 def _best_trial(trials: list[dict]) -> int | None:
-    """The best trial as the search recorded it (<sweep>/optimization_results.yaml, focalnet.search)."""
+    """The best trial as the search recorded it (<sweep>/optimization_results.yaml, focalnet.search.sweeper)."""
     return _load_yaml(Path(trials[0]["run_dir"]).parent / "optimization_results.yaml").get("best_trial")
 
 
@@ -872,7 +872,7 @@ def plot_search(out: Path, rows: list[dict]) -> list[Path]:
     storage = next((_composed(r["job_config"], "search.storage") for r in trials), None)
     name = next((_composed(r["job_config"], "search.study_name") for r in trials), None)
     if storage and name:
-        from focalnet.search import plot_study
+        from focalnet.search.sweeper import plot_study
 
         paths += plot_study(storage, name, out)
     return paths

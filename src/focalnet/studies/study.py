@@ -7,7 +7,7 @@ A study (experiments/<name>/study.yaml) sweeps one key (or a config group of its
 set several keys) against its baseline. Each round trains the next
 `seeds_per_round` seeds of every undecided row (and of the baseline, where they are missing) as one Hydra multirun
 of focalnet-train, with the study's launcher (side by side, SLURM, ...); then every row is looked at again
-(focalnet.sequential). A decided row gets no more seeds. The study stops when every row is decided, at the cap, or
+(studies.sequential). A decided row gets no more seeds. The study stops when every row is decided, at the cap, or
 when its wall-time budget is spent; the report (results.md, results.csv, forest.png, ...) is rewritten after every
 round in experiments/<name>/<data>/.
 
@@ -42,11 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from focalnet import report
 from focalnet.record import Status
-from focalnet.report import DESIGN_KEYS
 from focalnet.runinfo import machine, now, write_json
-from focalnet.sequential import PENDING, Design
+from focalnet.studies import report
+from focalnet.studies.report import DESIGN_KEYS
+from focalnet.studies.sequential import PENDING, Design
 
 # What does not change the numbers a run computes: its seed (the rounds' own axis), where it writes, how it logs and
 # reports progress, how it is resumed. Everything else of the composed config is the run's recipe.
@@ -55,9 +55,13 @@ NOT_RECIPE = ("seed", "task_name", "tags", "ckpt_path", "resume", "fail_fast", "
               "callbacks.model_checkpoint.dirpath", "callbacks.last_checkpoint", "callbacks.interrupt_checkpoint",
               "trainer.default_root_dir", "trainer.log_every_n_steps", "trainer.plugins", "trainer.enable_progress_bar",
               "data.num_workers", "data.pin_memory", "data.split_file", "data.download")
-# A target that only wraps another names, in a recipe, what it builds: focalnet.threads.trainer sets the CPU threads
-# (trainer.threads, a recipe key of its own) and returns Lightning's Trainer, the target every committed run recorded.
-SAME_TARGET = {"trainer._target_": {'"focalnet.threads.trainer"': '"lightning.pytorch.Trainer"'}}
+# A recipe names each target as the committed runs recorded it: a class that moved keeps its old name, and a target
+# that only wraps another (focalnet.threads.trainer sets the CPU threads, then returns Lightning's Trainer) the name
+# of what it builds.
+SAME_TARGET = {
+    "trainer._target_": {'"focalnet.threads.trainer"': '"lightning.pytorch.Trainer"'},
+    "module._target_": {'"focalnet.run.module.ClassificationModule"': '"focalnet.module.ClassificationModule"'},
+}
 RUNS_ROOT = Path("outputs/ablation")  # where every study's jobs live (and where runs are looked for)
 
 
@@ -138,7 +142,7 @@ class Spec:
             head, folder = ["focalnet-train"], _relative(self.folder)
         else:
             exe = Path(sys.executable).parent / "focalnet-train"
-            head, folder = ([str(exe)] if exe.exists() else [sys.executable, "-m", "focalnet.train"]), self.folder
+            head, folder = ([str(exe)] if exe.exists() else [sys.executable, "-m", "focalnet.run.train"]), self.folder
         value = f"${{hydra:runtime.choices.{self.key}}}" if self.group else f"${{{self.key}}}"
         return [*head, "-m", "--config-dir", str(folder), "--config-name", "study", f"ablation={self.data}",
                 f"{self.key}={','.join(_hydra_value(v) for v in values)}", f"seed={','.join(map(str, seeds))}",

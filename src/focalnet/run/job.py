@@ -167,7 +167,7 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None],
     requeue = None
     try:
         body(cfg, summary)
-        # Pruned: an Optuna search stopped it early (focalnet.search), a normal end, not a failure.
+        # Pruned: an Optuna search stopped it early (focalnet.search.sweeper), a normal end, not a failure.
         summary["status"] = Status.PRUNED if summary.get("pruned_at_epoch") is not None else Status.COMPLETED
     except Exception as error:
         summary.update(status=Status.FAILED, error=one_line(error))

@@ -17,7 +17,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from focalnet import schema
-from focalnet.build import (
+from focalnet.cli import config_dir, run_app
+from focalnet.run.build import (
     SummaryWarnings,
     build_model,
     build_trainer,
@@ -26,8 +27,7 @@ from focalnet.build import (
     fill_split_file,
     resolve_trainer_precision,
 )
-from focalnet.cli import config_dir, run_app
-from focalnet.job import (
+from focalnet.run.job import (
     apply_resume,
     job_lock,
     launches_processes,
@@ -48,8 +48,8 @@ def train(cfg: DictConfig, summary: dict) -> None:
     from hydra.utils import instantiate, to_absolute_path
 
     import focalnet
-    from focalnet.callbacks import FirstStepTimer
-    from focalnet.module import check_checkpoint
+    from focalnet.run.callbacks import FirstStepTimer
+    from focalnet.run.module import check_checkpoint
 
     schema.validate(cfg)  # every key's type and range, before anything is built
     # What focalnet's modules warn about while the run is built and trained (a split that leaves less than half of
@@ -94,7 +94,7 @@ def train(cfg: DictConfig, summary: dict) -> None:
     trainer.callbacks.append(FirstStepTimer(summary, started))
     pruning = None
     if (cfg.get("search") or {}).get("trial") is not None:  # a trial of an Optuna search (hparams_search=...)
-        from focalnet.search import TrialPruning
+        from focalnet.search.sweeper import TrialPruning
 
         # Resolved here: the pruner's settings may point elsewhere in the config (max_resource: trainer.max_epochs).
         pruning = TrialPruning(OmegaConf.create(OmegaConf.to_container(cfg.search, resolve=True)), cfg.optimized_metric)
@@ -123,7 +123,7 @@ def train(cfg: DictConfig, summary: dict) -> None:
         epoch = torch.load(best, map_location="cpu", mmap=True, weights_only=True)["epoch"]
         callback = trainer.checkpoint_callback
         summary["best"] = {callback.monitor or "val/acc_top1": callback.best_model_score.item(), "epoch": epoch}
-        tie_value = getattr(callback, "tie_values", {}).get(best, math.inf)  # focalnet.callbacks.ModelCheckpoint's
+        tie_value = getattr(callback, "tie_values", {}).get(best, math.inf)  # focalnet.run.callbacks.ModelCheckpoint's
         if math.isfinite(tie_value):  # what chose among tied epochs (val/loss)
             summary["best"].setdefault(callback.tie_breaker, tie_value)
         summary["best_ckpt"] = best

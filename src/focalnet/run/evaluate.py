@@ -11,16 +11,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from focalnet.build import build_trainer, choices, class_summary
 from focalnet.cli import config_dir, run_app
-from focalnet.job import launches_processes, rerun_this_job_in_children, run_job
+from focalnet.run.build import build_trainer, choices, class_summary
+from focalnet.run.job import launches_processes, rerun_this_job_in_children, run_job
 
 
 def evaluate(cfg: DictConfig, summary: dict) -> None:
     import lightning as L
     from hydra.utils import instantiate, to_absolute_path
 
-    from focalnet.module import module_from_checkpoint
+    from focalnet.run.module import module_from_checkpoint
 
     if cfg.split not in ("test", "val"):
         raise ValueError(f"split={cfg.split!r} must be test or val")

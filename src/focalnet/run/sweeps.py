@@ -1,5 +1,5 @@
 """Sweeps that finish: the sweep's Hydra callback and one GPU group per parallel job process (resume=auto and the
-job's lock are focalnet.job's)."""
+job's lock are focalnet.run.job's)."""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ def load_source(source: str, name: str | None, overrides: dict):
 
     path = Path(source)
     if path.suffix == ".ckpt" and name is None:
-        from focalnet.module import model_from_checkpoint
+        from focalnet.run.module import model_from_checkpoint
 
         model, _ = model_from_checkpoint(path)
         return model, torch.load(path, map_location="cpu", mmap=True, weights_only=True).get("class_names")

@@ -372,7 +372,7 @@ class ClassificationModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # The run's other checkpoint entries come from focalnet.callbacks (rng_states, wandb_run_id), which every
+    # The run's other checkpoint entries come from focalnet.run.callbacks (rng_states, wandb_run_id), which every
     # focalnet-train and focalnet-eval Trainer gets.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._stop_if_nonfinite_was_seen()

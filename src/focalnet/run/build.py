@@ -62,7 +62,7 @@ def build_trainer(cfg: DictConfig, summary: dict, ckpt_path: str | None = None):
         summary["wandb"] = {"project": wandb_cfg.project, "group": wandb_cfg.group, "mode": mode}
     from lightning.pytorch.callbacks import LearningRateMonitor
 
-    from focalnet.callbacks import always_on
+    from focalnet.run.callbacks import always_on
     from focalnet.threads import threads_used
 
     loggers = instantiate_all(cfg.get("logger"))
