@@ -19,10 +19,11 @@ import pytest
 import torch
 
 from conftest import BIN, QUICK, TINY, read_summary, run_cli
+from focalnet.cli import one_line
+from focalnet.files import write_json
 from focalnet.models import gemm
 from focalnet.run import build, train
 from focalnet.run.plugins import AtomicCheckpointIO
-from focalnet.runinfo import one_line, write_json
 
 EPOCH_BATCHES = 79  # digits' 1257 training images in batches of 16 (QUICK)
 

@@ -220,7 +220,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(monkeypatch):
 
 
 def test_job_folder_names():
-    from focalnet.runinfo import job_dirname
+    from focalnet.cli import job_dirname
 
     assert job_dirname(3, "model.focal_levels-2+seed-1") == "3_model.focal_levels-2+seed-1"
     assert job_dirname(0, "data.root-/data/x y+seed-0") == "0_data.root-_data_x_y+seed-0"

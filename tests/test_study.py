@@ -284,7 +284,7 @@ def torch_version():
 def two_host_study(tmp_path, monkeypatch, hosts):
     """The lr study with hand-made runs: seeds 0-2 on this machine's CPU (4e-3 about +0.2 points), seeds 3-5 on
     another CPU (+1.0 points), each pair on one CPU."""
-    from focalnet.runinfo import machine
+    from focalnet.host import machine
     from focalnet.studies.study import load_spec
 
     study = tmp_path / "experiments" / "lr"

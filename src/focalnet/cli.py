@@ -1,17 +1,75 @@
-"""What the command-line tools share: where the configs are, Hydra's errors in one line, and the console entry
-point's exit code."""
+"""What the command-line tools share: where the configs are and the resolvers they use (job folder names, the card's
+patch size), errors in one line, and the console entry point's exit code."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
-from focalnet.runinfo import FAILED
+JOB_DIRNAME_MAX = 100  # characters of the overrides in a job folder's name (the job number keeps names unique)
+
+
+FAILED: list[str] = []  # run folders of the jobs that failed in this process (the command then exits 1)
+
+
+def job_dirname(num: int, overrides: str) -> str:
+    """A sweep job's folder name: its number, then its overrides (hydra.job.override_dirname), filesystem-safe.
+
+    Too long, the keys lose their group path (model.focal_levels -> focal_levels), then whole items are dropped from
+    the end: the swept values stay readable, the number keeps the name unique, summary.json has the full overrides.
+    """
+    overrides = re.sub(r"[^\w.+@-]", "_", overrides)
+    if len(overrides) > JOB_DIRNAME_MAX:
+        items = (item.partition("-") for item in overrides.split("+"))
+        overrides = "+".join(key.rsplit(".", 1)[-1] + sep + value for key, sep, value in items)
+    while len(overrides) > JOB_DIRNAME_MAX and "+" in overrides:
+        overrides = overrides.rsplit("+", 1)[0]
+    overrides = overrides[:JOB_DIRNAME_MAX]
+    return f"{num}_{overrides}" if overrides else str(num)
+
+
+# Resolvers of conf/hydra/default.yaml, registered before Hydra composes it. `uid` is cached per config, so the run
+# or sweep folder and every job of a sweep (joblib workers get the cache too) see the same one.
+if not OmegaConf.has_resolver("uid"):
+    OmegaConf.register_new_resolver("uid", lambda: secrets.token_hex(3), use_cache=True)
+    OmegaConf.register_new_resolver("job_dirname", job_dirname)
+
+
+def card_patch_size(image_size):
+    """conf/model/card.yaml's patch size for an image size: 4 up to 64 px (8x8 tokens on 32-px digits), then the
+    largest divisor of the size up to image_size / 16, so larger images cost about 16x16 tokens; 4 where none
+    divides (as the card's fixed 4 did); `auto` (not chosen yet) passes through."""
+    if not isinstance(image_size, int):
+        return image_size
+    return max((p for p in range(4, image_size // 16 + 1) if image_size % p == 0), default=4)
+
+
+if not OmegaConf.has_resolver("card_patch_size"):
+    OmegaConf.register_new_resolver("card_patch_size", card_patch_size)
+
+
+def one_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty).
+
+    Hydra's "Error in call to target ..." gives way to the error inside it, prefixed with the config key.
+    """
+    from hydra.errors import InstantiationException
+
+    prefix = ""
+    if isinstance(error, InstantiationException) and error.__cause__ is not None:
+        key = re.search(r"^full_key: (\S+)", str(error), re.MULTILINE)
+        prefix = f"{key.group(1)}: " if key else ""
+        error = error.__cause__
+    text = str(error).strip()
+    return prefix + (text.splitlines()[0].strip() if text else type(error).__name__)
 
 
 def config_dir() -> str:

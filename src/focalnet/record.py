@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from focalnet.runinfo import write_json
+from focalnet.files import write_json
 
 
 class Status(str, Enum):

@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 from focalnet import schema
 from focalnet.data.augment import PRESETS
 from focalnet.data.base import VisionDataModule
-from focalnet.runinfo import write_json
+from focalnet.files import write_json
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from focalnet.runinfo import one_line
+from focalnet.cli import one_line
 
 
 def instantiate_all(group: DictConfig | None) -> list:

@@ -25,8 +25,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from focalnet.checkpoint import CheckpointError, read_checkpoint
+from focalnet.cli import FAILED, one_line
+from focalnet.files import now
+from focalnet.host import git_info, job_info, machine, versions
 from focalnet.record import KILLED, NotARecord, Status, read_record, write_record
-from focalnet.runinfo import FAILED, git_info, job_info, machine, now, one_line, versions
 
 log = logging.getLogger(__name__)
 

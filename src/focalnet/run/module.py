@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from focalnet import schema
 from focalnet.checkpoint import CheckpointError, read_checkpoint
-from focalnet.runinfo import one_line
+from focalnet.cli import one_line
 
 log = logging.getLogger(__name__)
 

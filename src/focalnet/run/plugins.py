@@ -16,12 +16,13 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_warn
 
 from focalnet.checkpoint import read_checkpoint
-from focalnet.runinfo import atomic_file, one_line
+from focalnet.cli import one_line
+from focalnet.files import atomic_file
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside it, flushes it to disk, then renames it into place: a kill or
-    a full disk at any moment leaves the previous file whole and loadable (runinfo.atomic_file).
+    a full disk at any moment leaves the previous file whole and loadable (files.atomic_file).
 
     Lightning's own save stages the file in the system temp folder and `shutil.move`s it, a copy that a kill can cut
     short when that folder is on another filesystem than the run (a cluster's local /tmp and shared storage).

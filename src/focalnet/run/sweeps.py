@@ -11,8 +11,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from focalnet.cli import FAILED
 from focalnet.record import Status, read_status
-from focalnet.runinfo import FAILED
 
 
 class SweepCallback(Callback):

@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from focalnet import schema
-from focalnet.cli import config_dir, run_app
+from focalnet.cli import FAILED, config_dir, run_app
 from focalnet.run.build import (
     SummaryWarnings,
     build_model,
@@ -35,7 +35,6 @@ from focalnet.run.job import (
     run_job,
     watch_startup,
 )
-from focalnet.runinfo import FAILED
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from focalnet import schema
+from focalnet.cli import one_line
 from focalnet.record import Status, read_status
-from focalnet.runinfo import one_line
 
 log = logging.getLogger(__name__)
 State = optuna.trial.TrialState

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from focalnet.host import parse_overrides
 from focalnet.record import NotARecord, Status, read_record
-from focalnet.runinfo import parse_overrides
 from focalnet.studies.sequential import PENDING, Design, decide, replication_seeds, seeds_to_decide
 
 METRICS = ("test/acc_top1", "val/acc_top1")

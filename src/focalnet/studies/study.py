@@ -42,8 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from focalnet.files import now, write_json
+from focalnet.host import machine
 from focalnet.record import Status
-from focalnet.runinfo import machine, now, write_json
 from focalnet.studies import report
 from focalnet.studies.report import DESIGN_KEYS
 from focalnet.studies.sequential import PENDING, Design
@@ -167,7 +168,7 @@ def compose(folder: Path, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    import focalnet.runinfo  # noqa: F401 (the resolvers the configs use)
+    import focalnet.cli  # noqa: F401 (the resolvers the configs use)
     from focalnet.cli import config_dir
 
     with initialize_config_dir(config_dir=str(folder.resolve()), version_base="1.3"):

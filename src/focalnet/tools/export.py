@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 
-from focalnet.cli import Parser, key_value
+from focalnet.cli import Parser, key_value, one_line
 from focalnet.models.weights import FORMATS, export_state_dict, hf_config, read_state_dict
-from focalnet.runinfo import one_line
 
 
 def build_parser() -> argparse.ArgumentParser:

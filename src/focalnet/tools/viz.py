@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from focalnet.runinfo import one_line
+    from focalnet.cli import one_line
 
     parser = build_parser()
     args = parser.parse_args(argv)
