@@ -11,7 +11,7 @@ SWEEP  ?=
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test lint sweep ablation search-bench report bench device-check clean
+.PHONY: help install train test lint sweep study ablation search-bench report bench device-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -42,13 +42,17 @@ sweep: $(STAMP)  ## 12-job grid over the card's axes on digits, then its report 
 		trainer.max_epochs=4 hydra.sweep.dir=$$dir $(ARGS); \
 	status=$$?; $(BIN)/focalnet-report $$dir && exit $$status
 
-# A study runs in rounds of seeds until each row is decided (README "Studies"); the same command resumes it, here or
-# on another machine (the committed experiments/<STUDY>/<DATA>/results.csv records every run).
-ablation: $(STAMP)  ## run a study until every row is decided; report in experiments/<STUDY>/<DATA>/: make ablation STUDY=depth DATA=fashion_mnist (ARGS: more overrides, or --dry-run to see the next round)
+# A study runs in rounds of seeds until each row is decided (docs/studies.md); the same command resumes it, here or on
+# another machine (the committed experiments/<STUDY>/<DATA>/results.csv records every run). DATA names the benchmark.
+study: $(STAMP)  ## run a study until every row is decided; report in experiments/<STUDY>/<DATA>/: make study STUDY=depth DATA=fashion_mnist (ARGS: more overrides, or --dry-run to see the next round)
 	$(BIN)/focalnet-study $(STUDY) --data $(DATA) $(ARGS)
 
+ablation:  ## the old name of make study, kept for one release
+	@echo "make ablation is the old name of make study (kept for one release)" >&2
+	@$(MAKE) --no-print-directory study
+
 # The same 16-trial search of learning rate x width on digits, pruned by ASHA and not pruned: the epochs each trained,
-# its wall time and its best trial, in docs/search/digits_{asha,optuna}/results.md (README "Searches").
+# its wall time and its best trial, in docs/search/digits_{asha,optuna}/results.md (docs/search.md).
 SEARCHES ?= asha optuna
 SEARCH_BENCH := hydra.sweeper.n_trials=16 'optim.optimizer.lr=tag(log, interval(1e-4, 3e-2))' \
 	'model.hidden_size=choice(16,32,64)' optim.optimizer.weight_decay=0.05 model.drop_path_rate=0.1 \

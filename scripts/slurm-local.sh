@@ -42,7 +42,7 @@ write_config() {
     mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
     mkdir -p "$DIR/state" "$DIR/spool"
     # proctrack/linuxproc and task/none: no cgroups, which containers seldom allow. No accounting database (slurmdbd):
-    # sacct has nothing to report, so the launcher's job states come from submitit's own files (see README "SLURM").
+    # sacct has nothing to report, so the launcher's job states come from submitit's own files (see docs/slurm.md).
     # config_overrides: the node may declare more CPUs than it has, to run more one-CPU jobs side by side.
     # cred_expire: a requeued job may start again once its old credentials expire (SLURM's default: 120 s); then
     # sched_interval: the scheduler looks at it within seconds, not a minute.

@@ -98,7 +98,7 @@ def test_trainer_options(name, tmp_path):
     from focalnet.run.build import resolve_trainer_precision
 
     cfg = compose_train(overrides, tmp_path)
-    resolve_trainer_precision(cfg, {})  # as the app does: precision=auto becomes what this machine runs
+    resolve_trainer_precision(cfg)  # as the app does: precision=auto becomes what this machine runs
     trainer = instantiate(cfg.trainer, logger=False)
     assert trainer.max_epochs == cfg.trainer.max_epochs
     if name == "ddp_cpu":
@@ -131,10 +131,11 @@ def test_callback_options(name, tmp_path):
 
 @pytest.mark.parametrize("name", options("debug"))
 def test_debug_options(name, tmp_path):
+    from focalnet.record import RunRecord, Status
     from focalnet.run.build import build_trainer
 
     cfg = compose_train([f"debug={name}"], tmp_path)
-    trainer = build_trainer(cfg, {"override_string": "", "sweep_dir": None})
+    trainer = build_trainer(cfg, RunRecord(status=Status.RUNNING))
     assert trainer.loggers == [] and trainer.world_size == 1
     # Whatever the config: exact resume, W&B continuity and train/images_per_s depend on them.
     always = {"Throughput", "RNGStateInCheckpoint", "WandbRunIdInCheckpoint", "WandbConfusionMatrix"}

@@ -249,6 +249,9 @@ def test_table_13_variants_are_off_by_default_and_refused_by_the_exports():
                 focalnet.export_state_dict(variant, fmt)
     with pytest.raises(ValueError, match="interaction='mul' is not one of"):
         create_model("focalnet_tiny_srf", interaction="mul", **SMALL)
+    # Derived from FocalNet's signature: every argument no format holds, at its default.
+    paper = {"interaction": "multiply", "context": "all_levels", "use_gates": True}
+    assert paper.items() <= focalnet.models.weights.PAPER_MODULATION.items()
     with pytest.raises(ValueError, match="context='top_level' with focal_levels=0"):
         create_model("focalnet_card", context="top_level", focal_levels=0)
 

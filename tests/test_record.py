@@ -47,10 +47,10 @@ def test_an_earlier_record_reads_and_a_broken_one_is_refused_in_one_line(tmp_pat
         assert str(error.value) == f"{path}: {why}", name
         assert read_status(path) is None
     # The report lists such a job as missing, with the same line.
-    from focalnet.studies.report import collect_folder
+    from focalnet.studies.runs import collect_folder
 
     (row,) = collect_folder(tmp_path / "list")
-    assert row["status"] == "missing" and row["error"] == f"{tmp_path / 'list' / 'summary.json'}: {cases['list'][1]}"
+    assert row.status == "missing" and row.error == f"{tmp_path / 'list' / 'summary.json'}: {cases['list'][1]}"
 
 
 def test_a_wrong_type_is_refused_when_written_and_the_file_stays(tmp_path):
@@ -61,3 +61,21 @@ def test_a_wrong_type_is_refused_when_written_and_the_file_stays(tmp_path):
     assert (tmp_path / "summary.json").read_bytes() == before
     assert json.loads(before) == {"status": "running", "params": 12}
     assert {s.value for s in Status} == set(RunRecord.model_json_schema()["$defs"]["Status"]["enum"])
+
+
+def test_the_job_records_through_the_records_methods_and_each_value_is_checked_as_it_is_set(tmp_path):
+    identity = {"host": "node1", "run_dir": str(tmp_path), "sweep_dir": None}
+    earlier = [{"started_at": "2026-11-20T10:00:00+00:00", "host": "node0", "status": "killed", "wall_time_s": 2.0}]
+    record = RunRecord.begin(identity, task="train", seed=0, git={}, versions={}, machine={}, warnings=["w"],
+                             earlier=earlier, slurm={})  # fmt: skip
+    with pytest.raises(ValueError, match="params"):
+        record.model_size(params="many", flops=1)
+    record.interrupt({"signal": "SIGTERM", "epoch": 0, "step": 3, "checkpoint": "last.ckpt"}, "resume=auto continues")
+    record.end_part(1.0)
+    write_record(tmp_path, record)
+    summary = read_summary(tmp_path)
+    assert summary["status"] == "interrupted" and summary["started_at"] == earlier[0]["started_at"]
+    assert summary["error"] == "interrupted by SIGTERM at epoch 0, step 3; resume=auto continues"
+    assert summary["wall_time_s"] == 3.0 and [p["host"] for p in summary["parts"]] == ["node0", "node1"]
+    assert summary["parts"][1]["step"] == 3 and "params" not in summary and summary["warnings"] == ["w"]
+    assert read_record(tmp_path).model_dump(mode="json", exclude_unset=True) == summary

@@ -22,6 +22,7 @@ from conftest import BIN, QUICK, TINY, read_summary, run_cli
 from focalnet.cli import one_line
 from focalnet.files import write_json
 from focalnet.models import gemm
+from focalnet.record import RunRecord, Status
 from focalnet.run import build, train
 from focalnet.run.plugins import AtomicCheckpointIO
 
@@ -287,7 +288,8 @@ def test_deterministic_is_passed_to_the_trainer(tmp_path):
     from test_config import compose_train
 
     try:
-        trainer = build.build_trainer(compose_train(["trainer.deterministic=true", "logger=csv"], tmp_path), {})
+        cfg = compose_train(["trainer.deterministic=true", "logger=csv"], tmp_path)
+        trainer = build.build_trainer(cfg, RunRecord(status=Status.RUNNING))
         assert torch.are_deterministic_algorithms_enabled() and trainer is not None
     finally:
         torch.use_deterministic_algorithms(False)

@@ -6,7 +6,9 @@ import matplotlib.image
 import pytest
 from scipy import stats
 
-from focalnet.studies.report import aggregate, collect, compare, learning_curve, main
+from focalnet.studies.analysis import aggregate, compare
+from focalnet.studies.report import main
+from focalnet.studies.runs import Run, collect, learning_curve
 from focalnet.studies.sequential import Design, replication_seeds
 
 LEVELS, KERNELS, SEEDS = (10, 2), (3, 5), (0, 1)  # 10 first: the report must sort numerically, not as text
@@ -85,8 +87,8 @@ def test_report(sweep, tmp_path, capsys):
 
 
 def test_aggregate_single_seed_and_sort():
-    rows = [{"job_num": i, "status": "completed", "overrides": {"lr": lr, "seed": 0}, "params": 5, "flops": 7,
-             "train_images_per_s": 1.0, "test/acc_top1": a}
+    rows = [Run(job_num=i, status="completed", overrides={"lr": lr, "seed": 0}, params=5, flops=7,
+                train_images_per_s=1.0, test_top1=a)
             for i, (lr, a) in enumerate([(0.1, 0.5), (0.02, 0.75), ("auto", 0.25)])]
     configs = aggregate(rows)
     assert [c["lr"] for c in configs] == [0.02, 0.1, "auto"]
@@ -96,7 +98,7 @@ def test_aggregate_single_seed_and_sort():
 
 def test_collect_single_run(tmp_path):
     write_job(tmp_path / "run", 0, {"model.focal_levels": 2, "model.focal_kernel": 3, "seed": 0})
-    assert [r["status"] for r in collect(tmp_path / "run")] == ["completed"]
+    assert [r.status for r in collect(tmp_path / "run")] == ["completed"]
 
 
 def test_errors(tmp_path, capsys):
@@ -137,6 +139,7 @@ data:
   _target_: focalnet.data.FashionMNISTDataModule
   root: ../shared/data/fashion-mnist
 study:
+  data_label: Fashion-MNIST (seeded 60k/10k split)   # as conf/benchmark/fashion_mnist.yaml declares it
   baseline: {model.focal_levels: 3}
   paper:
     source: "Table 14 (FocalNet-T LRF, ImageNet-1K top-1)"
@@ -283,8 +286,8 @@ def test_learning_curve(study):
 
 def test_grid_baseline_pairs_within_other_keys():
     """With a baseline naming one key of a grid, each row is compared with the baseline at its own other values."""
-    rows = [{"status": "completed", "overrides": {"a": a, "b": b, "seed": s}, "seed": s, "params": None,
-             "flops": None, "train_images_per_s": None, "test/acc_top1": 0.5 + a / 10 + b / 100 + s / 1000}
+    rows = [Run(status="completed", overrides={"a": a, "b": b, "seed": s}, seed=s,
+                test_top1=0.5 + a / 10 + b / 100 + s / 1000)
             for a in (1, 2) for b in (1, 2) for s in (0, 1, 2)]
     configs = aggregate(rows)
     compare(configs, ["a", "b"], {"baseline": {"a": 1}})
@@ -296,14 +299,14 @@ def test_grid_baseline_pairs_within_other_keys():
 
 
 def test_a_resumed_study_counts_the_time_its_jobs_ran_not_the_pause():
-    from focalnet.studies.report import _wall_time
+    from focalnet.studies.markdown import _wall_time
 
     def part(start, end):  # minutes after 10:00
         return {"started_at": f"2026-01-01T10:{start:02d}:00+00:00", "finished_at": f"2026-01-01T10:{end:02d}:00+00:00"}
 
     # Two jobs side by side (0-20, 5-25), stopped; resumed at 40: job 0 ran 40-45, job 1 (done) and a third 40-50.
-    rows = [{"parts": [part(0, 20), part(40, 45)]}, {"parts": [part(5, 25)]}, {"parts": [part(40, 50)]},
-            {"status": "missing"}]
+    rows = [Run(parts=[part(0, 20), part(40, 45)]), Run(parts=[part(5, 25)]), Run(parts=[part(40, 50)]),
+            Run(status="missing")]
     assert _wall_time(rows) == ("Wall time: 35.0 min with jobs running, in 2 stretches (stopped and resumed, or "
                                 "runs joined from another sweep); per job median 20.0 min (sum 55.0 min)")
     assert _wall_time(rows[1:2]).startswith("Wall time: 20.0 min from the first job's start to the last one's end")
@@ -417,7 +420,7 @@ def test_an_obf_study_reports_its_tost_interval_and_a_fresh_study_past_the_cap(s
 
 
 def test_heterogeneity_is_welchs_test():
-    from focalnet.studies.report import heterogeneity
+    from focalnet.studies.analysis import heterogeneity
 
     a, b, c = [0.2, 0.3, 0.1, 0.25], [1.1, 0.9, 1.0], [0.5, 0.7, 0.4, 0.6, 0.55]
     two = heterogeneity({"zen": a, "xeon": b, "one pair": [3.0]})

@@ -19,6 +19,9 @@ from focalnet.data import DigitsDataModule
         ("model", {"hidden_size": True}, "model.hidden_size=True must be an integer >= 1"),  # strict: 1 is not true
         ("model", {"focal_levels": [2, -1]}, "model.focal_levels=[2, -1] must be an integer >= 0 or a list, each an "
                                              "integer >= 0"),  # fmt: skip
+        # FocalNet's switches: the type its signature declares (a bool, a Literal's values).
+        ("model", {"use_gates": 1}, "model.use_gates=1 must be true or false"),
+        ("model", {"interaction": "mul"}, "model.interaction='mul' must be multiply or add"),
         ("data", {"val_size": 1.0}, "data.val_size=1.0 must be an integer >= 1 or a number in (0, 1)"),
         ("data", {"batch_size": None}, "data.batch_size=None must be an integer >= 1"),  # absent is fine, null not
         ("data", {"augment": {"hflip": 2}}, "data.augment.hflip=2 must be a number in [0, 1] or null"),
@@ -38,6 +41,17 @@ def test_keys_a_group_does_not_declare_pass_and_absent_keys_are_fine():
     schema.check("data", {"self": object(), "batch_size": 4})
     schema.check("model", {})
     schema.validate({"seed": None, "model": {"num_classes": None}, "optim": {"optimizer": {"_target_": "x.Y"}}})
+
+
+def test_every_model_argument_is_a_model_key():
+    """model.* follows FocalNet's signature: a switch added there is a checked config key with no schema entry."""
+    from focalnet.models.focalnet import arguments
+
+    assert set(arguments()) <= set(schema.Model.model_fields)
+    for name, (kind, _) in arguments().items():
+        if kind is bool:
+            with pytest.raises(ValueError, match=rf"^model\.{name}='yes' must be true or false$"):
+                schema.check("model", {name: "yes"})
 
 
 def test_python_users_meet_the_same_schema():

@@ -19,10 +19,9 @@ from focalnet.studies.sequential import (
     project_designs,
     replication_seeds,
     seeds_to_decide,
-    simulate,
     t_paths,
-    verdicts,
 )
+from focalnet.studies.simulation import simulate, verdicts
 
 
 @pytest.mark.parametrize("rows", [1, 4])  # 4: the largest study (focal_levels)
@@ -212,7 +211,7 @@ def test_every_wrong_verdict_counts():
 
 @pytest.mark.parametrize("noise, skewness", [("skew0.5", 0.5), ("skew1", 1.0), ("skew-0.5", -0.5)])
 def test_skewed_noise_has_its_skewness(noise, skewness):
-    z = sequential._noise(np.random.default_rng(53), noise, (400_000,))
+    z = sequential.draws(np.random.default_rng(53), noise, (400_000,))
     assert (z.mean(), z.std(), stats.skew(z)) == pytest.approx((0, 1, skewness), abs=0.02)
 
 

@@ -76,7 +76,7 @@ def test_rounds_stop_a_decided_row_and_resume_from_the_ledger(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["nope"], "no study 'nope' in experiments/ (studies: lr)"),
-    (["lr", "--data", "mnist_big"], "no ablation data 'mnist_big'; choices:"),
+    (["lr", "--data", "mnist_big"], "no benchmark 'mnist_big' (conf/benchmark/); choices:"),
     (["lr", "model.focal_levels=-1"], "model.focal_levels"),
 ])
 def test_bad_input_fails_in_one_line(tmp_path, args, message):
@@ -100,7 +100,7 @@ def test_outside_the_checkout_it_says_where_it_looked_for_studies(tmp_path, args
 def test_the_committed_studies_keep_their_recipe():
     """A change of the defaults (conf/optim, conf/trainer, a new model switch) must not change what a committed
     study's runs computed: the recipe each rounds.json recorded is the one the study composes today."""
-    from focalnet.studies.study import load_spec, setting
+    from focalnet.studies.design import load_spec, setting
 
     states = sorted(Path("experiments").glob("*/fashion_mnist/rounds.json"))
     assert len(states) >= 7
@@ -117,7 +117,7 @@ def test_the_committed_studies_keep_their_recipe():
 def test_the_digits_studies_keep_the_recipe_of_their_committed_results():
     """experiments/focal_levels/digits/ ran with the default recipe of November 2026; the default has changed since
     (80 warm-up steps, PyTorch's init), the digits studies' recipe must not."""
-    from focalnet.studies.study import load_spec
+    from focalnet.studies.design import load_spec
 
     reference = load_spec("focal_levels", "digits").reference
     pinned = {"trainer.max_epochs": 15, "trainer.precision": "32-true", "optim.optimizer.lr": 0.004,
@@ -129,13 +129,15 @@ def test_the_digits_studies_keep_the_recipe_of_their_committed_results():
 
 def test_a_pair_is_made_on_one_machine():
     """fp32 results differ between CPUs by about seed noise: the next round runs what pairs like with like here."""
+    from focalnet.studies.design import Spec
+    from focalnet.studies.runs import Run
     from focalnet.studies.sequential import PENDING, Design
-    from focalnet.studies.study import Spec, needed
+    from focalnet.studies.study import needed
 
     spec = Spec("s", "d", None, "k", [1, 2], 1, Design(rows=1), None, {}, {1: "{}", 2: "{}"})
 
     def run(value, seed, cpu):
-        return {"status": "completed", "test/acc_top1": 0.9, "overrides": {"k": value}, "seed": seed, "cpu": cpu}
+        return Run(status="completed", test_top1=0.9, overrides={"k": value}, seed=seed, cpu=cpu)
 
     # The baseline's seeds 0-2 ran on Zen 3, the row's on Zen 4 (here): no pair yet, so the first look's seeds of
     # the baseline run here.
@@ -150,7 +152,8 @@ def test_a_pair_is_made_on_one_machine():
 def test_a_ledger_without_its_rounds_file_is_refused(tmp_path):
     """results.csv names each run's recipe by id, rounds.json holds the recipe: copied apart (an older rounds.json
     beside a newer ledger) the runs would silently not count; the study says so in one line instead."""
-    from focalnet.studies.study import load_spec, recorded_runs
+    from focalnet.studies.design import load_spec
+    from focalnet.studies.study_runs import recorded_runs
 
     folder = tmp_path / "gate_act"
     shutil.copytree(Path("experiments/gate_act"), folder, ignore=shutil.ignore_patterns("*.png"))
@@ -170,13 +173,14 @@ def test_another_studys_unfinished_job_is_not_a_row(tmp_path, monkeypatch):
     job still running (two studies side by side) is no row of this one (it showed as 'running' in every report)."""
     from omegaconf import OmegaConf
 
-    from focalnet.studies.study import compose, load_spec, local_runs
+    from focalnet.studies.design import compose, load_spec
+    from focalnet.studies.study_runs import local_runs
 
     shutil.copytree(Path("experiments/conv_embed"), tmp_path / "experiments/conv_embed",
                     ignore=shutil.ignore_patterns("fashion_mnist"))
     monkeypatch.chdir(tmp_path)
     spec = load_spec("conv_embed", "fashion_mnist", experiments=Path("experiments"))
-    config = OmegaConf.to_container(compose(spec.folder, ["ablation=fashion_mnist"]), resolve=False)
+    config = OmegaConf.to_container(compose(spec.folder, ["benchmark=fashion_mnist"]), resolve=False)
     config.pop("hydra")  # what a job's .hydra/config.yaml holds
 
     def job(folder, seed, status):
@@ -190,7 +194,7 @@ def test_another_studys_unfinished_job_is_not_a_row(tmp_path, monkeypatch):
     job("normalize_modulator", 8, "completed")
     job("normalize_modulator", 9, "running")
     job("conv_embed", 9, "interrupted")
-    found = sorted((r["run_dir"].split("/")[-2], r["seed"], r["status"]) for r in local_runs(spec))
+    found = sorted((r.run_dir.split("/")[-2], r.seed, r.status) for r in local_runs(spec))
     assert found == [("conv_embed", 9, "interrupted"), ("normalize_modulator", 8, "completed")]
 
 
@@ -260,10 +264,10 @@ def host_runs(tmp_path, spec, runs):
     """Hand-made run folders of the study `spec` (outputs/ablation/<data>/<study>/...): (value, seed, cpu, top-1)."""
     from omegaconf import OmegaConf
 
-    from focalnet.studies.study import compose
+    from focalnet.studies.design import compose
 
     for value, seed, cpu, top1 in runs:
-        config = OmegaConf.to_container(compose(spec.folder, ["ablation=digits", f"{spec.key}={value}"]),
+        config = OmegaConf.to_container(compose(spec.folder, ["benchmark=digits", f"{spec.key}={value}"]),
                                         resolve=False)
         config.pop("hydra")
         run = tmp_path / spec.runs / f"{spec.key}-{value}+seed-{seed}+{cpu[:5]}"
@@ -285,7 +289,7 @@ def two_host_study(tmp_path, monkeypatch, hosts):
     """The lr study with hand-made runs: seeds 0-2 on this machine's CPU (4e-3 about +0.2 points), seeds 3-5 on
     another CPU (+1.0 points), each pair on one CPU."""
     from focalnet.host import machine
-    from focalnet.studies.study import load_spec
+    from focalnet.studies.design import load_spec
 
     study = tmp_path / "experiments" / "lr"
     study.mkdir(parents=True)
@@ -341,7 +345,7 @@ def test_hosts_any_pools_host_classes_and_reports_delta_per_class(tmp_path, monk
 
 
 def test_the_table_names_its_family_and_family_table_splits_alpha_over_every_row(tmp_path):
-    from focalnet.studies.study import table
+    from focalnet.studies.table import table
 
     experiments = committed_copy(tmp_path, "gates", "focal_levels")
     per_study = table("fashion_mnist", experiments)
@@ -362,7 +366,8 @@ def test_the_replication_is_defined_before_any_of_its_runs(tmp_path):
     """experiments/replication: 10 rows over several keys against the one common baseline, K = 10, obf, δ 0.5, cap
     20, seeds 100-119; its dry run writes the frozen design and plans seeds 100-102 for every row and the baseline,
     and the re-runs of seeds 0-8 of the baseline and no gating (no other study here: none exist)."""
-    from focalnet.studies.study import load_spec, setting, settle_design
+    from focalnet.studies.design import load_spec, setting
+    from focalnet.studies.ledger import settle_design
 
     spec = load_spec("replication", "fashion_mnist")
     assert spec.group and spec.key == "row" and spec.baseline == "baseline" and len(spec.values) == 11
@@ -387,9 +392,9 @@ def test_the_replication_is_defined_before_any_of_its_runs(tmp_path):
     assert dry.returncode == 0, dry.stderr[-2000:]
     commands = [line.split(": ", 2)[2] for line in dry.stdout.splitlines() if ": round 1: " in line]
     assert commands == [
-        "focalnet-train -m --config-dir experiments/replication --config-name study ablation=fashion_mnist "
+        "focalnet-train -m --config-dir experiments/replication --config-name study benchmark=fashion_mnist "
         f"row=baseline,no_gates seed=0,1,2,3,4,5,6,7,8,100,101,102 {TAIL}",
-        "focalnet-train -m --config-dir experiments/replication --config-name study ablation=fashion_mnist "
+        "focalnet-train -m --config-dir experiments/replication --config-name study benchmark=fashion_mnist "
         "row=depth2,kernel5,kernel7,kernel9,levels2,levels4,normalize_modulator,context_top_level,interaction_add "
         f"seed=100,101,102 {TAIL}"]
     state = json.loads((tmp_path / "experiments/replication/fashion_mnist/rounds.json").read_text())
@@ -417,7 +422,7 @@ TAIL = ("hydra.sweep.dir=outputs/ablation/fashion_mnist/replication "
 
 def test_rows_of_several_keys_compose_from_a_config_group(tmp_path):
     """A study whose swept key is a config group of its folder: each option a row setting as many keys as it needs."""
-    from focalnet.studies.study import load_spec
+    from focalnet.studies.design import load_spec
 
     study = tmp_path / "experiments" / "pair"
     (study / "row").mkdir(parents=True)

@@ -192,7 +192,7 @@ def test_studies_compose():
         assert cfg.tags == ["ablation", study.name] and cfg.logger.wandb.group == f"ablation-{study.name}"
         assert cfg.hydra.sweep.dir.startswith(f"outputs/ablation/{study.name}/")
         assert cfg.data._target_.endswith("DigitsDataModule") and cfg.trainer.max_epochs == 15
-        # Side by side: 1.9x the jobs per hour of one after another on a 2-core CPU (README, Speed).
+        # Side by side: 1.9x the jobs per hour of one after another on a 2-core CPU (docs/performance.md).
         assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
         assert set(cfg.logger) == {"wandb", "csv"}  # csv: the per-epoch curves of the report
         harder = compose_cfg("ablation=fashion_mnist", name="study", directory=study)
@@ -286,7 +286,7 @@ def trainer_for(*overrides: str):
     from focalnet.run.build import resolve_trainer_precision
 
     cfg = compose_cfg(*overrides, "trainer.default_root_dir=.")
-    resolve_trainer_precision(cfg, {})  # as the app does: precision=auto becomes what this machine runs
+    resolve_trainer_precision(cfg)  # as the app does: precision=auto becomes what this machine runs
     return instantiate(cfg.trainer, logger=False, enable_progress_bar=False)
 
 

@@ -198,7 +198,7 @@ def test_wandb_offline_run_holds_config_and_metrics(trained_run):
 
 
 def test_report_reads_the_learning_curve_back_from_the_offline_wandb_run(trained_run):
-    from focalnet.studies.report import learning_curve
+    from focalnet.studies.runs import learning_curve
 
     assert not list(trained_run.rglob("metrics.csv"))  # W&B alone: the curve comes from the .wandb file
     logged = [r["history"]["item"] for r in wandb_records(trained_run) if r["type"] == "history"]

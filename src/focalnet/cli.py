@@ -1,5 +1,5 @@
 """What the command-line tools share: where the configs are and the resolvers they use (job folder names, the card's
-patch size), errors in one line, and the console entry point's exit code."""
+patch size), errors in one line, and the console entry point."""
 
 from __future__ import annotations
 
@@ -15,9 +15,6 @@ import yaml
 from omegaconf import OmegaConf
 
 JOB_DIRNAME_MAX = 100  # characters of the overrides in a job folder's name (the job number keeps names unique)
-
-
-FAILED: list[str] = []  # run folders of the jobs that failed in this process (the command then exits 1)
 
 
 def job_dirname(num: int, overrides: str) -> str:
@@ -93,9 +90,9 @@ def hydra_error_line(error: BaseException) -> str:
 
 
 def run_app(hydra_main: Callable[[], None]) -> None:
-    """Console entry point: Hydra's own errors (unknown option, bad override) become one line, and the exit code
-    is 1 when any run failed. HYDRA_FULL_ERROR=1 shows full tracebacks instead."""
-    FAILED.clear()  # this command's jobs only (tests call main() more than once in a process)
+    """Console entry point: Hydra's own errors (unknown option, bad override) become one line (HYDRA_FULL_ERROR=1
+    shows full tracebacks instead). A failed job makes the exit code 1 itself: a run as it fails
+    (focalnet.run.job.run_job), a sweep once all its jobs ran (focalnet.run.sweeps.SweepCallback)."""
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra then raises instead of printing its multi-line report
     try:
@@ -104,8 +101,6 @@ def run_app(hydra_main: Callable[[], None]) -> None:
         if show_traceback:
             raise
         print(f"error: {hydra_error_line(error)}", file=sys.stderr)
-        sys.exit(1)
-    if FAILED:
         sys.exit(1)
 
 

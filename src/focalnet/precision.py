@@ -1,8 +1,8 @@
 """`precision: auto`: bf16 mixed precision where the hardware runs bf16 natively, full fp32 elsewhere.
 
-Measured (README, Speed): on a Zen 5 EPYC (AVX512-BF16) bf16 autocast made the 224 px training step 2.3x and the
-default digits run 1.5x faster; on a Zen 3 EPYC (AVX2, no bf16 instructions) oneDNN emulates bf16 and the same
-GEMMs run 8x slower than in fp32. So the choice follows the instruction set, not the library's support.
+With bf16 instructions (AVX512-BF16, AMX) bf16 autocast makes the 224 px training step 2.3x faster; without them
+(AVX2) oneDNN emulates bf16 and the same GEMMs run 8x slower than in fp32 (docs/performance.md). So the choice
+follows the instruction set, not the library's support.
 FOCALNET_PRECISION_AUTO fixes what `auto` becomes, for tests of the bf16 path on any CPU and for users who want it.
 """
 

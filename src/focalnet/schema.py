@@ -1,4 +1,5 @@
 """Every config key's type and range, declared once per config group and checked when a run's config is composed.
+The model's switches are declared in the model file alone: `model.*` takes FocalNet's signature for them.
 
 `validate(cfg)` checks a whole run config (focalnet-train calls it before anything is built); `check(group, values)`
 checks one group's values, so the data modules and the LightningModule built from Python meet the same rules. A
@@ -20,8 +21,10 @@ import types
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
+
+from focalnet.models.focalnet import arguments
 
 __all__ = ["check", "check_search", "validate", "warnings", "SCHEMA"]
 
@@ -61,7 +64,11 @@ class Top(Group):
     optimized_metric: str | None = None
 
 
-class Model(Group):
+class ModelRanges(Group):
+    """model.* beyond FocalNet's signature: create_model's name and weights, the card's names, the ranges of the
+    numbers. `Model` adds every other FocalNet argument with the type it is declared with (its switches: true or
+    false, a Literal's values), so a switch is declared once, in the model file."""
+
     name: str | None = None
     pretrained: str | None = None
     image_size: PosInt | Literal["auto"] = UNSET  # ${data.image_size}: auto until the data has chosen
@@ -78,19 +85,14 @@ class Model(Group):
     mlp_ratio: Positive = UNSET
     drop_rate: Annotated[float, Field(ge=0, lt=1)] = UNSET
     drop_path_rate: Annotated[float, Field(ge=0, lt=1)] = UNSET
-    gate_act: Literal["none", "sigmoid"] = UNSET
-    use_global_context: bool = UNSET
-    normalize_modulator: bool = UNSET
-    interaction: Literal["multiply", "add"] = UNSET
-    context: Literal["all_levels", "top_level"] = UNSET
-    use_gates: bool = UNSET
-    use_layerscale: bool = UNSET
     layerscale_value: Positive = UNSET
-    use_postln: bool = UNSET
-    use_postln_in_modulation: bool = UNSET
-    use_conv_embed: bool = UNSET
-    use_overlapped_embed: bool = UNSET
-    weight_init: Literal["official", "timm", "torch"] = UNSET
+
+
+Model = create_model(
+    "Model",
+    __base__=ModelRanges,
+    **{name: (kind, UNSET) for name, (kind, _) in arguments().items() if name not in ModelRanges.model_fields},
+)
 
 
 class Augment(Group):

@@ -18,12 +18,14 @@ convolutions too) is `weight_init="timm"`; with std 0.02 on a 3x3 depthwise kern
 input about tenfold, so the deeper levels start out nearly silent. `weight_init="torch"` keeps PyTorch's defaults
 everywhere (a Linear's weights uniform in +-1/sqrt(fan_in)): at the card's width 64 that is 3.6x the official std,
 and the modulation q * h(ctx), a product of two such outputs, starts about 13x stronger; small models trained for a
-few hundred steps learn from the first epochs instead of after a few (README, "The default recipe").
+few hundred steps learn from the first epochs instead of after a few (docs/recipe.md).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +35,9 @@ from focalnet.models.gemm import Dense, dense
 
 __all__ = [
     "FocalNet",
+    "arguments",
     "list_models",
 ]
-
-GATE_ACTS = ("none", "sigmoid")
-INTERACTIONS = ("multiply", "add")
-CONTEXTS = ("all_levels", "top_level")
 
 
 class DropPath(nn.Module):
@@ -146,7 +145,7 @@ class FocalModulation(nn.Module):
             if self.use_global_context and level == self.focal_level - 1:
                 # Taken before the gated sum reads ctx, so that autograd adds the mean's broadcast gradient into
                 # the sum's channels-last one and not the reverse: the gradient then stays channels-last, and
-                # this level's GELU and 5x5 conv backward run 3-4x faster than on an NCHW gradient.
+                # this level's GELU and 5x5 conv backward run 3x faster than on an NCHW gradient (docs/performance.md).
                 ctx_global = F.gelu(ctx.mean((2, 3), keepdim=True))
             if not self.top_level:
                 ctx_all = _gated_add(ctx_all, ctx, g[:, level : level + 1] if self.use_gates else None)
@@ -202,8 +201,8 @@ def _depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """conv(x) for a focal level ("same" padding, stride 1, no bias), the fast way on this device.
 
     Kernel taps that only ever meet padding (a 5x5 level on the 2x2 and 1x1 maps of the last stages at 32 px) are
-    left out: they multiply zeros, and oneDNN runs such shapes up to 18x slower than the cropped kernel. On the
-    CPU, kernels of 5 and more get their weight gradient from `_DepthwiseConvCPU`.
+    left out: they multiply zeros, and oneDNN runs such shapes up to 18x slower than the cropped kernel
+    (docs/performance.md). On the CPU, kernels of 5 and more get their weight gradient from `_DepthwiseConvCPU`.
     """
     k, H, W = conv.kernel_size[0], x.shape[-2], x.shape[-1]
     ph, pw = min(k // 2, H - 1), min(k // 2, W - 1)
@@ -218,8 +217,8 @@ def _depthwise_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 class _DepthwiseConvCPU(torch.autograd.Function):
     """Depthwise conv whose weight gradient is computed as another conv: one group per (image, channel) with the
     output gradient as its kernel, summed over images. oneDNN's own weight gradient for 5x5 and 7x7 depthwise
-    kernels is 1.5-14x slower on the maps of FocalNet's stages (14x: 7x7 on a 7x7 map), on par only for 5x5 on
-    56x56; for 3x3 it is the faster one."""
+    kernels is up to 14x slower on the maps of FocalNet's stages (docs/performance.md); for 3x3 it is the faster
+    one."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, padding: tuple[int, int]) -> torch.Tensor:
@@ -322,9 +321,9 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.nhwc_in = nhwc_in
         self.patch_size = patch_size
-        # Non-overlapping patches are a matmul over gathered patches: forward + backward 1.3-4.4x faster than
-        # oneDNN's strided conv at FocalNet's shapes (most on small maps: 2x2 -> 1x1 at 32 px input), except the
-        # first downsampling at 224 px (56 -> 28, 96 channels), about 20% slower.
+        # Non-overlapping patches are a matmul over gathered patches: forward + backward up to 4.4x faster than
+        # oneDNN's strided conv at FocalNet's shapes, most on small maps; slower only for the first downsampling
+        # at 224 px (docs/performance.md).
         self.as_linear = fast and not overlapped
         kernel, padding = patch_size, 0
         if overlapped:
@@ -446,11 +445,11 @@ class FocalNet(nn.Module):
         normalize_modulator: bool = False,
         use_conv_embed: bool = False,
         use_global_context: bool = True,
-        gate_act: str = "none",
-        interaction: str = "multiply",
-        context: str = "all_levels",
+        gate_act: Literal["none", "sigmoid"] = "none",
+        interaction: Literal["multiply", "add"] = "multiply",
+        context: Literal["all_levels", "top_level"] = "all_levels",
         use_gates: bool = True,
-        weight_init: str = "official",
+        weight_init: Literal["official", "timm", "torch"] = "official",
         fast: bool = True,
     ):
         # The arguments as given: exports (transformers' config.json, timm's post-norm names) need the options that
@@ -488,16 +487,11 @@ class FocalNet(nn.Module):
                 else f"the total stride {stride} (patch_size={patch_size} x 2^{stages - 1})"
             )
             raise ValueError(f"image_size={image_size} is not divisible by {what}")
-        if gate_act not in GATE_ACTS:
-            raise ValueError(f"gate_act={gate_act!r} is not one of {GATE_ACTS}")
-        if interaction not in INTERACTIONS:
-            raise ValueError(f"interaction={interaction!r} is not one of {INTERACTIONS}")
-        if context not in CONTEXTS:
-            raise ValueError(f"context={context!r} is not one of {CONTEXTS}")
+        for name, (kind, _) in arguments().items():  # a choice takes the values its Literal declares, no others
+            if get_origin(kind) is Literal and arch[name] not in get_args(kind):
+                raise ValueError(f"{name}={arch[name]!r} is not one of {get_args(kind)}")
         if context == "top_level" and 0 in levels:
             raise ValueError("context='top_level' with focal_levels=0: there is no top level to take the context from")
-        if weight_init not in ("official", "timm", "torch"):
-            raise ValueError(f"weight_init={weight_init!r} is not one of ('official', 'timm', 'torch')")
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1)")
 
@@ -565,9 +559,7 @@ class FocalNet(nn.Module):
             focal_levels: stacked depthwise-conv levels per block (0 = global context only).
             focal_kernel: kernel of the first level; level l uses 2*l + focal_kernel.
             num_classes: None returns [batch, hidden_size] features; an int adds a linear head, [batch, num_classes].
-            **more: any other FocalNet argument (mlp_ratio, drop_path_rate, gate_act, use_global_context,
-                normalize_modulator, use_layerscale, layerscale_value, use_postln, use_postln_in_modulation,
-                use_conv_embed, focal_factor, drop_rate, weight_init, fast). drop_path_rate defaults to 0 here.
+            **more: any other FocalNet argument; drop_path_rate defaults to 0 here.
         """
         more.setdefault("drop_path_rate", 0.0)
         return cls(
@@ -651,6 +643,14 @@ class FocalNet(nn.Module):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         if num_classes:
             _init_weights(self.head, "official")
+
+
+def arguments() -> dict[str, tuple[Any, Any]]:
+    """FocalNet's arguments, name -> (annotation, default), from its signature: a switch's one declaration. A
+    Literal's values are the ones FocalNet accepts, and the config schema's `model.*` keys follow them all."""
+    hints = get_type_hints(FocalNet.__init__)
+    params = list(inspect.signature(FocalNet.__init__).parameters.values())[1:]  # without self
+    return {p.name: (hints[p.name], p.default) for p in params}
 
 
 def _init_weights(m: nn.Module, scheme: str) -> None:

@@ -1,12 +1,12 @@
 """Dense layers over channels-last tokens on the fastest GEMM of the machine, chosen by measurement.
 
 On CPUs PyTorch runs an fp32 `F.linear` through MKL and a channels-last 1x1 `conv2d` (timm's FocalNet) through
-oneDNN: the same matrix product, by two libraries. Which one is faster depends on the CPU and the shape: on
-some CPUs MKL takes a slow path for FocalNet's skinny shapes (80 against 134 GFLOP/s at [25088, 96] x [96, 384]);
-on others the two are within 15% of each other, each ahead at some shapes (README, Speed). No fixed choice
-wins everywhere, so `Dense` times both, forward and backward, once per shape, dtype and thread count, and keeps the
-faster for the process and in a cache file per machine: every later run there takes the same kernels without
-measuring again, and a checkpoint carries the choices its run made, so a resumed run continues on them.
+oneDNN: the same matrix product, by two libraries. Which one is faster depends on the CPU and the shape: on some
+CPUs MKL takes a slow path for FocalNet's skinny shapes (60% of oneDNN's speed, docs/performance.md), on others
+each is ahead at some shapes. No fixed choice wins everywhere, so `Dense` times both, forward and backward, once per
+shape, dtype and thread count, and keeps the faster for the process and in a cache file per machine: every later run
+there takes the same kernels without measuring again, and a checkpoint carries the choices its run made, so a resumed
+run continues on them.
 
 `FOCALNET_GEMM=linear` or `=conv` fixes the choice on CPUs (tests, A/B timing); `auto` (the default) measures.
 GPUs (cuBLAS), torch.compile (Inductor picks its own) and `fast=False` models always take `F.linear`.

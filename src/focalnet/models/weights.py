@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from focalnet.models.focalnet import FocalNet
+from focalnet.models.focalnet import FocalNet, arguments
 
 __all__ = [
     "FORMATS",
@@ -35,8 +35,17 @@ __all__ = [
 # Every foreign name is computed from ours by `_foreign_name`; importing inverts that map over the target model's
 # keys, so each format's names are written once, for both directions.
 
-# The modulation of the paper and of every checkpoint format; the Table 13 variants change one of these.
-PAPER_MODULATION = {"interaction": "multiply", "context": "all_levels", "use_gates": True}
+# FocalNet's arguments that the checkpoint formats hold (`_check_exportable` refuses the values one of them cannot),
+# and two that leave the computed function as it is (weight_init, fast).
+_HELD = (
+    "image_size", "patch_size", "in_channels", "num_classes", "embed_dim", "depths", "mlp_ratio", "drop_rate",
+    "drop_path_rate", "focal_levels", "focal_kernel", "focal_factor", "use_layerscale", "layerscale_value",
+    "use_postln", "use_postln_in_modulation", "normalize_modulator", "use_conv_embed", "use_global_context",
+    "gate_act", "weight_init", "fast",
+)  # fmt: skip
+# The modulation of the paper and of every checkpoint format: every other argument (Table 13's variants, and any switch
+# added since) is an ablation that a model exports only at its default.
+PAPER_MODULATION = {name: default for name, (_, default) in arguments().items() if name not in _HELD}
 FORMATS = ("official", "timm", "hf")
 # Our Linear layers that the format keeps as 1x1 convolutions ([out, in, 1, 1] weights).
 _CONV_1X1 = {
@@ -120,8 +129,8 @@ def _check_exportable(model: FocalNet, fmt: str) -> None:
     why = None
     changed = [f"{k}={a.get(k, v)!r}" for k, v in PAPER_MODULATION.items() if a.get(k, v) != v]
     if changed:
-        raise ValueError(f"format={fmt} cannot hold this model: {', '.join(changed)} (a Table 13 ablation variant; "
-                         "every format holds the paper's modulation only)")
+        raise ValueError(f"format={fmt} cannot hold this model: {', '.join(changed)} (an ablation variant, such as "
+                         "Table 13's; every format holds the paper's modulation only)")
     if fmt == "official":
         return
     if a["gate_act"] != "none" or not a["use_global_context"]:

@@ -1,5 +1,5 @@
 """Assembling a run from its config: the model, the Trainer with its loggers and callbacks, the data split's file,
-and what the summary records about them."""
+and what the run's record says about them."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, open_dict
 
 from focalnet.cli import one_line
+from focalnet.record import RunRecord
 
 
 def instantiate_all(group: DictConfig | None) -> list:
@@ -28,38 +29,39 @@ def wandb_config(cfg: DictConfig) -> DictConfig | None:
     return node if node is not None and "_target_" in node else None
 
 
-def resolve_trainer_precision(cfg: DictConfig, summary: dict) -> None:
-    """trainer.precision=auto becomes what this machine runs best (focalnet.precision); the summary says which."""
+def resolve_trainer_precision(cfg: DictConfig) -> str:
+    """trainer.precision=auto becomes what this machine runs best (focalnet.precision); returns which."""
     from focalnet.precision import resolve_precision
 
-    summary["precision"] = cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    cfg.trainer.precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    return cfg.trainer.precision
 
 
-def build_trainer(cfg: DictConfig, summary: dict, ckpt_path: str | None = None):
-    """CPU threads (focalnet.threads, recorded in the summary), loggers (W&B name and group filled in from the
-    job), callbacks (the config's and callbacks.always_on) and the Trainer. A run resumed from a checkpoint
+def build_trainer(cfg: DictConfig, record: RunRecord, ckpt_path: str | None = None):
+    """CPU threads (focalnet.threads), loggers (W&B name and group filled in from the job), callbacks (the config's
+    and callbacks.always_on) and the Trainer, and what the record says of them. A run resumed from a checkpoint
     (resume=auto after SIGTERM or preemption, or ckpt_path=) logs into the W&B run that wrote it: same id,
     resume="allow" (online W&B appends to it; offline, a second folder offline-run-<time>-<same id> that `wandb sync`
     uploads into that run)."""
     from hydra.utils import instantiate
 
-    resolve_trainer_precision(cfg, summary)
+    record.use_precision(resolve_trainer_precision(cfg))
     wandb_cfg = wandb_config(cfg)
     if wandb_cfg is not None:
+        resumed_id = None
         if ckpt_path and not wandb_cfg.get("id"):
             import torch
 
-            run_id = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("wandb_run_id")
-            if run_id:
+            resumed_id = torch.load(ckpt_path, map_location="cpu", mmap=True, weights_only=True).get("wandb_run_id")
+            if resumed_id:
                 with open_dict(wandb_cfg):
-                    wandb_cfg.id, wandb_cfg.resume = run_id, "allow"
-                summary["wandb_resumed_id"] = run_id
-        wandb_cfg.name = wandb_cfg.name or summary["override_string"] or None
-        if wandb_cfg.group is None and summary["sweep_dir"]:
-            wandb_cfg.group = Path(summary["sweep_dir"]).name
+                    wandb_cfg.id, wandb_cfg.resume = resumed_id, "allow"
+        wandb_cfg.name = wandb_cfg.name or record.override_string or None
+        if wandb_cfg.group is None and record.sweep_dir:
+            wandb_cfg.group = Path(record.sweep_dir).name
         # focalnet-report logs a sweep's table and plots to the same project and group.
         mode = "offline" if wandb_cfg.offline else os.environ.get("WANDB_MODE", "online")
-        summary["wandb"] = {"project": wandb_cfg.project, "group": wandb_cfg.group, "mode": mode}
+        record.use_wandb(wandb_cfg.project, wandb_cfg.group, mode, resumed_id=resumed_id or None)
     from lightning.pytorch.callbacks import LearningRateMonitor
 
     from focalnet.run.callbacks import always_on
@@ -70,22 +72,22 @@ def build_trainer(cfg: DictConfig, summary: dict, ckpt_path: str | None = None):
     if not loggers:  # logger=none: the learning rate has nowhere to go, and LearningRateMonitor would refuse to run
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, callbacks=callbacks + always_on(), logger=loggers or False)
-    summary["threads"] = threads_used(cfg.trainer.get("threads"))
+    record.use_threads(threads_used(cfg.trainer.get("threads")))
     return trainer
 
 
 class SummaryWarnings(logging.Handler):
-    """Collects the warnings of focalnet's loggers into summary["warnings"], for this job only: the handler of a
-    sweep's earlier job in the same process gives way to the next job's."""
+    """Collects the warnings of focalnet's loggers into the run's record (summary.json's warnings), for this job
+    only: the handler of a sweep's earlier job in the same process gives way to the next job's."""
 
-    def __init__(self, summary: dict) -> None:
+    def __init__(self, record: RunRecord) -> None:
         super().__init__(logging.WARNING)
         for old in [h for h in logging.getLogger("focalnet").handlers if isinstance(h, SummaryWarnings)]:
             logging.getLogger("focalnet").removeHandler(old)
-        self.summary = summary
+        self.record = record
 
-    def emit(self, record: logging.LogRecord) -> None:
-        self.summary.setdefault("warnings", []).append(record.getMessage())
+    def emit(self, entry: logging.LogRecord) -> None:
+        self.record.warn(entry.getMessage())
 
 
 def build_model(model_cfg: DictConfig):

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from focalnet.models.gemm import adopt_choices, gemm_choices
+from focalnet.record import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -185,19 +186,17 @@ class WandbConfusionMatrix(Callback):
 
 
 class FirstStepTimer(Callback):
-    """Puts `time_to_first_step_s` into the run's summary: seconds from `start` (the job's start) to its first
+    """Records `time_to_first_step_s` in the run's record: seconds from `start` (the job's start) to its first
     training batch, i.e. what every job of a sweep pays before it learns (data, model, DDP start-up, sanity check);
     and the CPU threads that batch runs on (Lightning's DDP launcher divides the cores among the ranks it starts
-    after the Trainer was made and the summary first said)."""
+    after the Trainer was made and the record first said)."""
 
-    def __init__(self, summary: dict, start: float):
-        self.summary, self.start = summary, start
+    def __init__(self, record: RunRecord, start: float):
+        self.record, self.start = record, start
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if "time_to_first_step_s" not in self.summary:
-            self.summary["time_to_first_step_s"] = round(time.perf_counter() - self.start, 3)
-            if "threads" in self.summary:
-                self.summary["threads"]["threads"] = torch.get_num_threads()
+        if self.record.time_to_first_step_s is None:
+            self.record.first_step(time.perf_counter() - self.start, torch.get_num_threads())
 
 
 class CheckpointOnInterrupt(Callback):
@@ -205,7 +204,7 @@ class CheckpointOnInterrupt(Callback):
     SIGUSR1 (SLURM's early warning) stops training: Lightning's SignalConnector lets the current batch finish and
     raises SIGTERMException, so the checkpoint holds every batch trained so far, and the same command with
     `ckpt_path=<path>` (or resume=auto) continues exactly where the run stopped. The exception carries what
-    happened (`interrupt`: signal, epoch, step, checkpoint) to the run's summary; under SLURM, job.py then requeues
+    happened (`interrupt`: signal, epoch, step, checkpoint) to the run's record; under SLURM, job.py then requeues
     the job after a SIGUSR1.
 
     Not Lightning's OnExceptionCheckpoint or ModelCheckpoint(save_on_exception=True): both save on any error too (a

@@ -12,11 +12,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from focalnet.cli import config_dir, run_app
+from focalnet.record import RunRecord
 from focalnet.run.build import build_trainer, choices, class_summary
 from focalnet.run.job import launches_processes, rerun_this_job_in_children, run_job
 
 
-def evaluate(cfg: DictConfig, summary: dict) -> None:
+def evaluate(cfg: DictConfig, record: RunRecord) -> None:
     import lightning as L
     from hydra.utils import instantiate, to_absolute_path
 
@@ -29,13 +30,10 @@ def evaluate(cfg: DictConfig, summary: dict) -> None:
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such file")
     module, run_cfg, epoch = module_from_checkpoint(ckpt_path)
     data_cfg = cfg.data if cfg.get("data") is not None else run_cfg.data
-    summary.update(
-        ckpt_path=str(ckpt_path),
-        epoch=epoch,
-        model=run_cfg.model.get("name") or "focalnet_card",
-        data=choices().get("data") or OmegaConf.select(run_cfg, "choices.data"),
-        seed=L.seed_everything(cfg.seed, workers=True),
-    )
+    record.tests_checkpoint(str(ckpt_path), epoch)
+    record.describe(model=run_cfg.model.get("name") or "focalnet_card",
+                    data=choices().get("data") or OmegaConf.select(run_cfg, "choices.data"),
+                    seed=L.seed_everything(cfg.seed, workers=True))
 
     if data_cfg.get("image_size") == "auto":  # other images (data=imagefolder): at the size the model trained at
         data_cfg.image_size = run_cfg.data.image_size
@@ -43,22 +41,22 @@ def evaluate(cfg: DictConfig, summary: dict) -> None:
     if datamodule.num_classes != module.num_classes:
         raise ValueError(f"data.num_classes={datamodule.num_classes} but the checkpoint's model has "
                          f"{module.num_classes} classes")
-    trainer = build_trainer(cfg, summary)
+    trainer = build_trainer(cfg, record)
     for logger in trainer.loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     if launches_processes(trainer):
-        rerun_this_job_in_children(Path(summary["run_dir"]))
+        rerun_this_job_in_children(Path(record.run_dir))
     run = trainer.test if cfg.split == "test" else trainer.validate
-    summary["metrics"] = run(module, datamodule=datamodule, verbose=False)[0]
-    summary["classes"] = class_summary(datamodule.classes)
-    summary["per_class"] = per_class_accuracy(module.predictions, datamodule.classes)
+    metrics = run(module, datamodule=datamodule, verbose=False)[0]
+    per_class = per_class_accuracy(module.predictions, datamodule.classes)
+    record.results(metrics, classes=class_summary(datamodule.classes), per_class=per_class)
     if trainer.is_global_zero:
-        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(summary["metrics"].items()))
-        print(f"\nrun folder: {summary['run_dir']}\nmetrics:    {shown}")
-        if isinstance(summary["classes"], list):  # beyond 50 classes the table stays in summary.json
-            width = max(map(len, summary["per_class"]), default=0)
+        shown = "  ".join(f"{k}={v:.4f}" for k, v in sorted(record.metrics.items()))
+        print(f"\nrun folder: {record.run_dir}\nmetrics:    {shown}")
+        if isinstance(record.classes, list):  # beyond 50 classes the table stays in summary.json
+            width = max(map(len, per_class), default=0)
             print(f"per class ({cfg.split}):")
-            for name, result in summary["per_class"].items():
+            for name, result in per_class.items():
                 print(f"  {name:<{width}}  acc={result['acc']:.4f}  images={result['images']}")
 
 

@@ -4,8 +4,9 @@ A job holds `<run_dir>/.lock` while it runs (job_lock); resume=auto skips a comp
 last.ckpt, or at its newest intact checkpoint where last.ckpt does not load (resume_state, apply_resume). run_job
 writes summary.json atomically at each change of status ("running", then "completed", "pruned", "failed" or
 "interrupted"), records each part of a run that was interrupted or killed and continued, and requeues a SLURM job
-warned of preemption. watch_startup bounds the start-up of a multi-process run; finish closes W&B and the process
-group.
+warned of preemption. The job owns its record (focalnet.record.RunRecord): what it runs records through the record's
+methods. A failed run ends its command with exit code 1; a sweep goes on to its next job. watch_startup bounds the
+start-up of a multi-process run; finish closes W&B and the process group.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from focalnet.checkpoint import CheckpointError, read_checkpoint
-from focalnet.cli import FAILED, one_line
-from focalnet.files import now
+from focalnet.cli import one_line
 from focalnet.host import git_info, job_info, machine, versions
-from focalnet.record import KILLED, NotARecord, Status, read_record, write_record
+from focalnet.record import KILLED, NotARecord, RunRecord, Status, read_record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +46,16 @@ def resume_state(run_dir: Path) -> tuple[str, dict | None]:
     """resume=auto's rule: completed or pruned -> "skip"; failed -> "scratch", unless a checkpoint failed it (its
     summary's bad_checkpoint, or a last.ckpt that does not load: the summaries of earlier versions) -> "resume";
     a checkpoints/last.ckpt -> "resume"; else "scratch"."""
+    last = run_dir / "checkpoints" / "last.ckpt"
     try:
         record = read_record(run_dir / "summary.json")
-        status, summary = record.status, record.model_dump(mode="json", exclude_unset=True)
     except NotARecord:
-        status, summary = None, None
-    if status is not None and status.ended_well:
+        return ("resume" if last.is_file() else "scratch"), None
+    summary = record.model_dump(mode="json", exclude_unset=True)
+    if record.status.ended_well:
         return "skip", summary
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if status == Status.FAILED:
-        on_checkpoint = summary.get("bad_checkpoint") or (last.is_file() and not loads(last))
+    if record.status.failed:
+        on_checkpoint = record.bad_checkpoint or (last.is_file() and not loads(last))
         return ("resume" if on_checkpoint else "scratch"), summary
     return ("resume" if last.is_file() else "scratch"), summary
 
@@ -94,10 +94,10 @@ def apply_resume(cfg: DictConfig, run_dir: Path, warnings: list[str] | None = No
     started again (requeued after preemption: SLURM_RESTART_COUNT > 0) resumes as with resume=auto."""
     if cfg.get("resume") != "auto" and not int(os.environ.get("SLURM_RESTART_COUNT") or 0):
         return None  # null, or a bad value that the job then fails on (focalnet.schema)
-    state, summary = resume_state(run_dir)
+    state, done = resume_state(run_dir)
     if state == "skip":
-        print(f"resume=auto: {run_dir} {summary['status']} earlier, skipped", flush=True)
-        return summary
+        print(f"resume=auto: {run_dir} {done['status']} earlier, skipped", flush=True)
+        return done
     if state == "resume" and not cfg.ckpt_path:
         cfg.ckpt_path, warning = resume_checkpoint(run_dir)
         if warning:
@@ -129,13 +129,14 @@ def job_lock(run_dir: Path):
         yield False
 
 
-def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None],
-            warnings: list[str] | None = None) -> dict[str, Any]:
-    """Run `body(cfg, summary)` as one Hydra job: summary.json "running" -> "completed"/"failed", one W&B run.
+def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, RunRecord], None],
+            warnings: list[str] | None = None) -> RunRecord:
+    """Run `body(cfg, record)` as one Hydra job: summary.json "running" -> "completed"/"failed", one W&B run.
 
-    Exceptions become a failed summary, `error: <one line>` on stderr and the traceback in error.log; the process
-    environment and sys.argv are restored afterwards, so the next job of a sweep starts clean. `warnings`: what
-    the job's start said before it ran (apply_resume), for the summary.
+    Exceptions become a failed record, `error: <one line>` on stderr and the traceback in error.log; the process
+    environment and sys.argv are restored afterwards, so the next job of a sweep starts clean. A failed run (not a
+    sweep's job, unless fail_fast=true) then ends the command with exit code 1. `warnings`: what the job's start
+    said before it ran (apply_resume), for the record.
     """
     from lightning.pytorch.utilities import rank_zero_only
 
@@ -143,80 +144,65 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, dict], None],
     # log file) already receive everything, so each message would print twice.
     logging.getLogger("lightning").handlers.clear()
 
-    info = job_info(app)
-    run_dir = Path(info["run_dir"])
+    identity = job_info(app)
+    run_dir = Path(identity["run_dir"])
     rank_zero = rank_zero_only.rank == 0
     # A run that continues an unfinished one in this folder (resume=auto, a SLURM requeue) keeps its history: each
     # part's start, end, wall time and how it stopped; the run's wall time is the sum. Read before this start
     # writes into the folder (git.diff, summary.json): a killed part's end is the folder's last write.
     parts = earlier_parts(run_dir, cfg.get("ckpt_path"))
-    summary: dict[str, Any] = {"status": Status.RUNNING, "error": None, "task": cfg.get("task_name"), **info}
-    summary["seed"] = cfg.get("seed")
-    summary.update(git=git_info(run_dir=run_dir if rank_zero else None), versions=versions(), machine=machine(),
-                   started_at=now(), finished_at=None)
-    if warnings:
-        summary["warnings"] = list(warnings)
-    part: dict[str, Any] = {"started_at": summary["started_at"], "host": info["host"], **slurm_job()}
-    summary.update(parts=[*parts, part], requeues=sum(p.get("requeued", False) for p in parts))
-    summary["started_at"] = (parts[0].get("started_at") if parts else None) or part["started_at"]
+    record = RunRecord.begin(identity, task=cfg.get("task_name"), seed=cfg.get("seed"),
+                             git=git_info(run_dir=run_dir if rank_zero else None), versions=versions(),
+                             machine=machine(), warnings=warnings or [], earlier=parts, slurm=slurm_job())
 
     def save() -> None:
         if rank_zero:
-            write_record(run_dir, summary)
+            write_record(run_dir, record)
 
     save()
     env, argv, start = dict(os.environ), list(sys.argv), time.perf_counter()
     requeue = None
     try:
-        body(cfg, summary)
-        # Pruned: an Optuna search stopped it early (focalnet.search.sweeper), a normal end, not a failure.
-        summary["status"] = Status.PRUNED if summary.get("pruned_at_epoch") is not None else Status.COMPLETED
+        body(cfg, record)
+        record.complete()
     except Exception as error:
-        summary.update(status=Status.FAILED, error=one_line(error))
-        if isinstance(error, CheckpointError):
-            summary["bad_checkpoint"] = error.path
+        record.fail(one_line(error), bad_checkpoint=error.path if isinstance(error, CheckpointError) else None)
         if rank_zero:
             (run_dir / "error.log").write_text(traceback.format_exc())
         else:  # where rank 0 reads it when the process group never formed (watch_startup)
             error_log = run_dir / f"error-rank{rank_zero_only.rank}.log"
-            error_log.write_text(f"{summary['error']}\n{traceback.format_exc()}")
-        print(f"error: {summary['error']}", file=sys.stderr, flush=True)
-        FAILED.append(str(run_dir))
+            error_log.write_text(f"{record.error}\n{traceback.format_exc()}")
+        print(f"error: {record.error}", file=sys.stderr, flush=True)
     except SystemExit as stop:  # SIGTERM/SIGUSR1 (Lightning's SIGTERMException, after saving last.ckpt) or Ctrl-C
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-        interrupt = getattr(stop, "interrupt", None) or {"signal": "SIGTERM" if isinstance(stop, SIGTERMException)
-                                                         else "Ctrl-C"}
-        part.update(interrupt)
-        where = f" at epoch {interrupt['epoch']}, step {interrupt['step']}" if "epoch" in interrupt else ""
+        how = getattr(stop, "interrupt", None) or {"signal": "SIGTERM" if isinstance(stop, SIGTERMException)
+                                                   else "Ctrl-C"}  # fmt: skip
         # SLURM's warning ahead of preemption or the time limit: the job goes back into the queue and, started
         # again, resumes from last.ckpt by itself. Anything else is continued by hand.
-        if interrupt["signal"] == "SIGUSR1" and part.get("slurm_job_id") and "checkpoint" in interrupt:
-            requeue = part["slurm_job_id"]
-            part["requeued"] = True
-            summary["requeues"] += 1
+        if how["signal"] == "SIGUSR1" and record.part.slurm_job_id and "checkpoint" in how:
+            requeue = record.part.slurm_job_id
             then = f"SLURM job {requeue} requeued: it resumes from last.ckpt when it starts again"
         else:
             then = "resume=auto continues the run"
-        summary.update(status=Status.INTERRUPTED, error=f"interrupted by {interrupt['signal']}{where}; {then}")
+        record.interrupt(how, then, requeued=requeue is not None)
         # 128 + 15, a shell's code for a process SIGTERM ended: the job did not complete (a sweep stops here too).
         raise SystemExit(143 if isinstance(stop, SIGTERMException) else stop.code) from None
     finally:
-        part.update(status=summary["status"], finished_at=now(), wall_time_s=round(time.perf_counter() - start, 3))
-        total = sum(p.get("wall_time_s") or 0 for p in summary["parts"])
-        summary.update(wall_time_s=round(total, 3), finished_at=now())
+        record.end_part(time.perf_counter() - start)
         save()
-        finish(failed=not summary["status"].ended_well)
+        finish(failed=not record.status.ended_well)
         os.environ.clear()
         os.environ.update(env)  # Lightning and W&B set MASTER_PORT, WANDB_MODE, PL_GLOBAL_SEED, ...
         sys.argv[:] = argv
         if requeue and rank_zero and not requeue_slurm_job(requeue):  # last: requeueing a running job ends it
-            part["requeued"], summary["requeues"] = False, summary["requeues"] - 1
-            summary["error"] = summary["error"].split(";")[0] + "; the requeue failed: resume=auto continues the run"
+            record.requeue_failed()
             save()
-    if summary["status"] == Status.FAILED and cfg.get("fail_fast"):
+    # A run's failure is its command's (exit code 1; a DDP rank's too, which Lightning's launcher watches). A sweep
+    # goes on to its next job and exits 1 once all ran (focalnet.run.sweeps.SweepCallback), unless fail_fast=true.
+    if record.status.failed and (cfg.get("fail_fast") or record.sweep_dir is None):
         raise SystemExit(1)
-    return summary
+    return record
 
 
 def earlier_parts(run_dir: Path, ckpt_path: str | None) -> list[dict]:
@@ -226,17 +212,18 @@ def earlier_parts(run_dir: Path, ckpt_path: str | None) -> list[dict]:
     lost node: this start holds the job's lock, which the OS released when that process died): its last part is
     recorded as killed, ended at the folder's last write."""
     try:
-        earlier = read_record(run_dir / "summary.json").model_dump(mode="json", exclude_unset=True)
+        earlier = read_record(run_dir / "summary.json")
     except NotARecord:
         return []
     inside = ckpt_path and run_dir.resolve() in Path(ckpt_path).resolve().parents
-    if not inside or Status(earlier["status"]).ended_well:
+    if not inside or earlier.status.ended_well:
         return []
+    summary = earlier.model_dump(mode="json", exclude_unset=True)
     # A summary written before parts were recorded: the run's one earlier part, as far as it was recorded.
     keys = ("started_at", "finished_at", "wall_time_s", "status", "host")
-    parts = earlier.get("parts") or [{k: earlier.get(k) for k in keys}]
-    if earlier["status"] == Status.RUNNING:
-        parts[-1].update(status=KILLED, **killed_at(run_dir, parts[-1].get("started_at")))
+    parts = summary.get("parts") or [{k: summary.get(k) for k in keys}]
+    if earlier.status == Status.RUNNING:
+        parts[-1] = {**parts[-1], "status": KILLED, **killed_at(run_dir, parts[-1].get("started_at"))}
     return parts
 
 
@@ -319,10 +306,10 @@ def rerun_this_job_in_children(run_dir: Path, *overrides: str) -> None:
     OmegaConf.set_readonly(hydra_cfg, True)
 
 
-def watch_startup(trainer, summary: dict, timeout: float) -> None:
+def watch_startup(trainer, record: RunRecord, timeout: float) -> None:
     """Bound the start-up of a multi-process run: until every rank has joined the process group, a rank that exits
     (its error read from error-rank<k>.log), a rank 0 that is gone, or `timeout` seconds stop every rank at once,
-    the failed summary naming the cause. Without it, Lightning's child observer SIGKILLs rank 0 (nothing recorded)
+    the failed record naming the cause. Without it, Lightning's child observer SIGKILLs rank 0 (nothing recorded)
     or the others wait for rank 0 until gloo's 30-minute timeout."""
     import threading
 
@@ -331,7 +318,7 @@ def watch_startup(trainer, summary: dict, timeout: float) -> None:
 
     if trainer.world_size < 2:
         return
-    rank, parent, run_dir = rank_zero_only.rank, os.getppid(), Path(summary["run_dir"])
+    rank, parent, run_dir = rank_zero_only.rank, os.getppid(), Path(record.run_dir)
     procs = lambda: getattr(trainer.strategy.launcher, "procs", None) or []  # noqa: E731 (filled once launched)
 
     def observers() -> list:
@@ -349,8 +336,8 @@ def watch_startup(trainer, summary: dict, timeout: float) -> None:
         for thread in observers():  # nor at its next poll, while W&B still closes: exit 1
             thread._run = lambda: True
         if rank == 0:
-            summary.update(status=Status.FAILED, error=message, finished_at=now())
-            write_record(run_dir, summary)
+            record.fail(message, ended=True)
+            write_record(run_dir, record)
         print(f"error: {message}", file=sys.stderr, flush=True)
         for proc in procs():
             proc.kill()

@@ -1,5 +1,5 @@
-"""Sweeps that finish: the sweep's Hydra callback and one GPU group per parallel job process (resume=auto and the
-job's lock are focalnet.run.job's)."""
+"""Sweeps that finish: the sweep's Hydra callback (its folder, its exit code) and one GPU group per parallel job
+process (resume=auto and the job's lock are focalnet.run.job's)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from focalnet.cli import FAILED
 from focalnet.record import Status, read_status
 
 
 class SweepCallback(Callback):
-    """Hydra callback of every focalnet run (conf/hydra/default.yaml)."""
+    """Hydra callback of every focalnet run (conf/hydra/default.yaml): makes the sweep folder, and ends a sweep with
+    exit code 1 when any of its jobs failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The Optuna sweeper opens its SQLite study in the sweep folder before any job creates that folder.
@@ -29,12 +29,11 @@ class SweepCallback(Callback):
             quiet_sacct()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        # Jobs run by a parallel launcher fail in its worker processes, so their failures are not in this process's
-        # FAILED list; their summaries say so and make the command exit 1 too.
-        for path in Path(config.hydra.sweep.dir).glob("*/summary.json"):
-            failed = read_status(path) == Status.FAILED
-            if failed and str(path.parent.absolute()) not in FAILED:
-                FAILED.append(str(path.parent.absolute()))
+        # A sweep goes on past a failed job (a single run ends with it: focalnet.run.job.run_job). Once all ran, their
+        # records say whether any failed, wherever it ran: here, in a parallel launcher's worker, on a SLURM node.
+        # Hydra hands its caller no result, so the command's exit code is set here.
+        if any(read_status(path) == Status.FAILED for path in Path(config.hydra.sweep.dir).glob("*/summary.json")):
+            raise SystemExit(1)
 
 
 def quiet_sacct() -> None:
