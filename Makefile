@@ -51,22 +51,25 @@ ablation:  ## the old name of make study, kept for one release
 	@echo "make ablation is the old name of make study (kept for one release)" >&2
 	@$(MAKE) --no-print-directory study
 
-# The same 16-trial search of learning rate x width on digits, pruned by ASHA and not pruned: the epochs each trained,
-# its wall time and its best trial, in docs/search/digits_{asha,optuna}/results.md (docs/search.md).
-SEARCHES ?= asha optuna
+# The same 16-trial search of learning rate x width on digits, two trials in flight (hydra/launcher=parallel): ASHA
+# with Hydra's batches (batch=true: two trials, then the next two), ASHA with each slot refilled at once, and no
+# pruning. The epochs each trained, its wall time, how busy it kept its slots and its best trial, in
+# docs/search/digits_<name>/results.md (docs/search.md).
+SEARCHES ?= asha_batch asha optuna
 SEARCH_BENCH := hydra.sweeper.n_trials=16 'optim.optimizer.lr=tag(log, interval(1e-4, 3e-2))' \
 	'model.hidden_size=choice(16,32,64)' optim.optimizer.weight_decay=0.05 model.drop_path_rate=0.1 \
 	trainer.max_epochs=9 optim.warmup_epochs=1 optim.warmup_steps=null model.weight_init=official \
-	trainer.precision=32-true logger=csv callbacks.progress_bar=null
-search-bench: $(STAMP)  ## a 16-trial lr x width search on digits with ASHA against the same search unpruned (~15 min)
-	@for search in $(SEARCHES); do \
-		rm -rf outputs/search_bench/$$search; mkdir -p outputs/search_bench; start=$$(date +%s); \
-		$(BIN)/focalnet-train hparams_search=$$search $(SEARCH_BENCH) hydra.sweep.dir=outputs/search_bench/$$search \
-			$(ARGS) > outputs/search_bench/$$search.log 2>&1 || exit 1; \
-		echo "hparams_search=$$search: $$(( $$(date +%s) - start )) s for the whole command"; \
-		$(BIN)/focalnet-report outputs/search_bench/$$search --out docs/search/digits_$$search --no-wandb | \
-			grep -E "^(Wall time|Epochs trained in all)"; \
-		grep -h -A4 best_trial outputs/search_bench/$$search/optimization_results.yaml; \
+	trainer.precision=32-true logger=csv callbacks.progress_bar=null hydra/launcher=parallel hydra.sweeper.n_jobs=2
+search-bench: $(STAMP)  ## a 16-trial lr x width search on digits, 2 in flight: ASHA in batches, ASHA, unpruned (~10 min)
+	@for name in $(SEARCHES); do \
+		search=$${name%_batch}; batch=$$([ $$name = $$search ] && echo false || echo true); \
+		rm -rf outputs/search_bench/$$name; mkdir -p outputs/search_bench; start=$$(date +%s); \
+		$(BIN)/focalnet-train hparams_search=$$search hydra.sweeper.batch=$$batch $(SEARCH_BENCH) \
+			hydra.sweep.dir=outputs/search_bench/$$name $(ARGS) > outputs/search_bench/$$name.log 2>&1 || exit 1; \
+		echo "$$name (hparams_search=$$search hydra.sweeper.batch=$$batch): $$(( $$(date +%s) - start )) s for the whole command"; \
+		$(BIN)/focalnet-report outputs/search_bench/$$name --out docs/search/digits_$$name --no-wandb | \
+			grep -E "^(Wall time|Epochs trained in all|Trial slots busy)"; \
+		grep -h -A4 best_trial outputs/search_bench/$$name/optimization_results.yaml; \
 	done
 
 report: $(STAMP)  ## table and plots of a finished sweep: make report SWEEP=outputs/sweep/<time>

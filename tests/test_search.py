@@ -44,7 +44,17 @@ State = optuna.trial.TrialState
 
 
 def load_study(sweep: Path):
-    return optuna.load_study(study_name="focalnet", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    from focalnet.search.storage import load_study
+
+    return load_study(str(sweep / "optuna.journal"), "focalnet")
+
+
+def started_while_others_ran(summaries: list[dict]) -> list[int]:
+    """The trials that started after an earlier trial had ended while another earlier one still ran: a slot refilled
+    at once. A batch sweeper has none (each batch starts once the whole batch before it has ended)."""
+    return [k for k, s in enumerate(summaries)
+            if any(e["finished_at"] <= s["started_at"] for e in summaries[:k])
+            and any(s["started_at"] < e["finished_at"] for e in summaries[:k])]  # fmt: skip
 
 
 def files(folder: Path) -> dict[str, tuple[bytes, int]]:
@@ -53,55 +63,158 @@ def files(folder: Path) -> dict[str, tuple[bytes, int]]:
             if p.is_file()}
 
 
-def test_parallel_workers_share_one_study_and_bad_trials_are_pruned_and_reported(tmp_path):
+# Any trial below 20% after an epoch stops (ThresholdPruner): the 1e-9 trials after their first (at chance), never the
+# 0.005 ones (37% after one). Unlike the median rule this does not depend on which trials ended first.
+THRESHOLD = ("hparams_search=optuna", "search.pruner={_target_: optuna.pruners.ThresholdPruner, lower: 0.2}",
+             *SEARCH[3:])
+
+
+def test_two_workers_keep_their_slots_busy_and_bad_trials_are_pruned_and_reported(tmp_path):
     sweep = tmp_path / "search"
-    result = run_cli("focalnet-train", *SEARCH, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+    result = run_cli("focalnet-train", *THRESHOLD, "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2",
                      "hydra/launcher=parallel", f"hydra.sweep.dir={sweep}", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    summaries = [read_summary(sweep / str(n)) for n in range(4)]  # a trial's folder is its number
-    assert [s["status"] for s in summaries] == ["completed", "completed", "pruned", "pruned"]
-    assert [s["trial"] for s in summaries] == [0, 1, 2, 3]
-    assert [s["overrides"]["optim.optimizer.lr"] for s in summaries] == [1e-9, 0.005, 1e-9, 1e-9]
-    assert [s.get("pruned_at_epoch") for s in summaries] == [None, None, 0, 0] and not summaries[2]["error"]
-    # Two workers side by side: trials 0 and 1 overlapped, and so did 2 and 3, each process writing into the one study.
-    for a, b in ((0, 1), (2, 3)):
-        assert summaries[b]["started_at"] < summaries[a]["finished_at"] and summaries[a]["pid"] != summaries[b]["pid"]
+    summaries = [read_summary(sweep / str(n)) for n in range(5)]  # a trial's folder is its number
+    assert [s["status"] for s in summaries] == ["pruned", "completed", "pruned", "pruned", "completed"]
+    assert [s["trial"] for s in summaries] == [0, 1, 2, 3, 4]
+    assert [s["overrides"]["optim.optimizer.lr"] for s in summaries] == [1e-9, 0.005, 1e-9, 1e-9, 0.005]
+    assert [s.get("pruned_at_epoch") for s in summaries] == [0, None, 0, 0, None] and not summaries[2]["error"]
+    # No idle slot: trial 2 started when trial 0 was pruned, while trial 1 still trained (a batch sweeper waits for
+    # 1), in the other worker process, each process writing into the one study.
+    assert summaries[0]["finished_at"] <= summaries[2]["started_at"] < summaries[1]["finished_at"]
+    assert summaries[1]["pid"] != summaries[2]["pid"] and 2 in started_while_others_ran(summaries)
     study = load_study(sweep)
-    assert [t.state for t in study.trials] == [State.COMPLETE, State.COMPLETE, State.PRUNED, State.PRUNED]
+    assert [t.state for t in study.trials] == [State.PRUNED, State.COMPLETE, State.PRUNED, State.PRUNED,
+                                               State.COMPLETE]  # fmt: skip
     steps = [sorted(t.intermediate_values) for t in study.trials]  # a step: the epochs trained
-    assert steps == [[1, 2, 3], [1, 2, 3], [1], [1]]
-    assert study.trials[1].value == summaries[1]["metrics"]["val/acc_top1"] > summaries[0]["metrics"]["val/acc_top1"]
+    assert steps == [[1], [1, 2, 3], [1], [1], [1, 2, 3]]
+    assert study.trials[1].value == summaries[1]["metrics"]["val/acc_top1"] > 0.2
     # A pruned trial keeps its checkpoint and its curve, skips the test, and its W&B run says how it ended.
-    for n in (2, 3):
+    for n in (0, 2, 3):
         checkpoint = torch.load(sweep / str(n) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-        whole = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+        whole = torch.load(sweep / "1" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
         assert checkpoint["epoch"] == 0 and 3 * checkpoint["global_step"] == whole["global_step"]
         assert "val/acc_top1" in summaries[n]["metrics"] and "test/acc_top1" not in summaries[n]["metrics"]
     for n, state in ((1, "complete"), (2, "pruned")):
         updates = [r["summary"]["update"] for r in wandb_records(sweep / str(n)) if r.get("type") == "summary"]
         assert {"trial": n, "trial_state": state} in updates, updates
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
-    assert best["best_trial"] == 1 and best["trials"]["complete"] == 2 and best["trials"]["pruned"] == 2
+    assert best["best_trial"] in (1, 4) and best["trials"]["complete"] == 2 and best["trials"]["pruned"] == 3
 
     report = run_cli("focalnet-report", str(sweep), "--no-wandb", cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     markdown = (sweep / "results.md").read_text()
-    assert "jobs: 4, completed: 2, failed: 0, pruned: 2" in markdown
+    assert "jobs: 5, completed: 2, failed: 0, pruned: 3" in markdown
     trials = markdown.split("## Trials")[1].strip().splitlines()
     assert trials[0] == "| trial | optim.optimizer.lr | state | epochs trained | val top-1 (%) | best |"
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in trials[2:6]]
-    assert [(r[0], r[1], r[2], r[3], r[5]) for r in rows] == [
-        ("0", "1e-09", "complete", "3", ""), ("1", "0.005", "complete", "3", "best"),
-        ("2", "1e-09", "pruned", "1 of 3", ""), ("3", "1e-09", "pruned", "1 of 3", "")]  # fmt: skip
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in trials[2:7]]
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("0", "1e-09", "pruned", "1 of 3"), ("1", "0.005", "complete", "3"), ("2", "1e-09", "pruned", "1 of 3"),
+        ("3", "1e-09", "pruned", "1 of 3"), ("4", "0.005", "complete", "3")]  # fmt: skip
+    assert [r[5] for r in rows].count("best") == 1
     assert [float(r[4]) for r in rows] == [round(100 * s["metrics"]["val/acc_top1"], 2) for s in summaries]
-    assert "Epochs trained in all: 8 of the 12 the trials would have trained whole (33% saved by pruning)" in markdown
+    assert "Epochs trained in all: 9 of the 15 the trials would have trained whole (40% saved by pruning)" in markdown
     with open(sweep / "results.csv", newline="") as f:
         jobs = list(csv.DictReader(f))
     assert [(j["trial"], j["status"], j["pruned_at_epoch"]) for j in jobs] == [
-        ("0", "completed", ""), ("1", "completed", ""), ("2", "pruned", "0"), ("3", "pruned", "0")]  # fmt: skip
+        ("0", "pruned", "0"), ("1", "completed", ""), ("2", "pruned", "0"), ("3", "pruned", "0"),
+        ("4", "completed", "")]  # fmt: skip
     assert "search.trial" not in jobs[0]  # where a trial sits in its search is not a setting
-    for figure in ("search", "optimization_history", "param_importances"):
+    for figure in ("search", "optimization_history", "intermediate_values", "param_importances"):
         assert (sweep / f"{figure}.png").stat().st_size > 1000, figure
+
+
+def test_the_search_space_is_hydras_sweep_syntax_as_optuna_distributions():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    from focalnet.search.space import parse_space
+
+    params = {"optim.optimizer.lr": "tag(log, interval(1e-4, 1e-2))", "model.drop_path_rate": "interval(0, 0.3)",
+              "model.num_layers": "range(2, 8, 2)", "model.focal_levels": "tag(log, range(1, 5))",
+              "optim.optimizer.weight_decay": "range(0.0, 0.3, 0.1)", "model.hidden_size": "choice(16, 32)"}
+    space, fixed = parse_space(params, ["model.focal_kernel=3,5", "model.drop_path_rate=0.1", "seed=1"])
+    assert space == {
+        "optim.optimizer.lr": FloatDistribution(1e-4, 1e-2, log=True),
+        "model.num_layers": IntDistribution(2, 6, step=2),  # Hydra's range leaves out its end
+        "model.focal_levels": IntDistribution(1, 4, log=True),
+        "optim.optimizer.weight_decay": FloatDistribution(0.0, 0.2, step=0.1),
+        "model.hidden_size": CategoricalDistribution([16, 32]),
+        "model.focal_kernel": CategoricalDistribution([3, 5]),  # the command line adds to the space
+    }  # fmt: skip
+    assert fixed == {"model.drop_path_rate": "0.1", "seed": "1"}  # and a plain value takes a key out of it
+    with pytest.raises(ValueError, match=r"^model.num_layers=range\(4, 2, 1\) holds no value$"):
+        parse_space({"model.num_layers": "range(4, 2)"}, [])
+
+
+@pytest.fixture(scope="module")
+def shared_sweep(tmp_path_factory) -> tuple[Path, list[int]]:
+    """Two sweep commands started at once on one study (one journal file): 4 trials between them, 2 epochs each.
+    Returns the sweep folder and the two commands' pids."""
+    tmp_path = tmp_path_factory.mktemp("shared")
+    sweep = tmp_path / "search"
+    command = [str(BIN / "focalnet-train"), *THRESHOLD, "trainer.max_epochs=2", "hydra.sweeper.n_trials=4",
+               "logger=csv", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    env = dict(os.environ, WANDB_MODE="offline")
+    processes = [subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]  # fmt: skip
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr[-3000:]
+    return sweep, [p.pid for p in processes]
+
+
+def test_two_commands_share_one_journal_study_with_no_trial_lost_or_run_twice(shared_sweep):
+    sweep, pids = shared_sweep
+    study = load_study(sweep)
+    # Exactly n_trials in the study, though each command asked for up to 4 (the ask lock), each run once, in its folder.
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    # Each command's sampler draws its own sequence (the same seed: the same draws), so which trial drew what depends
+    # on who asked first; how each ended follows from what it drew.
+    lrs = [t.params["optim.optimizer.lr"] for t in study.trials]
+    assert [t.state for t in study.trials] == [State.PRUNED if lr == 1e-9 else State.COMPLETE for lr in lrs]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]
+    summaries = [read_summary(sweep / str(n)) for n in range(4)]
+    assert [s["trial"] for s in summaries] == [0, 1, 2, 3]
+    assert [len(s["parts"]) for s in summaries] == [1, 1, 1, 1]  # no trial started twice
+    assert {s["pid"] for s in summaries} == set(pids)  # both commands ran trials of the one study
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    counts = {"running": 0, "complete": lrs.count(0.005), "pruned": lrs.count(1e-9), "fail": 0, "waiting": 0}
+    assert best["trials"] == counts
+
+
+def test_optuna_dashboard_serves_a_finished_sweeps_study(shared_sweep):
+    import json
+    import socket
+    import urllib.request
+
+    sweep, _ = shared_sweep
+    with socket.socket() as probe:  # a free port for the server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(BIN / "optuna-dashboard"), str(sweep / "optuna.journal"), "--port", str(port),
+                               "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline, studies = time.monotonic() + 60, None
+        while studies is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as answer:
+                    studies = json.load(answer)["study_summaries"]
+            except OSError:
+                time.sleep(0.2)
+        assert studies is not None, server.stderr.read() if server.poll() is not None else "no answer in 60 s"
+        (summary,) = studies
+        assert summary["study_name"] == "focalnet"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}", timeout=10) as answer:
+            study = json.load(answer)
+        trials = sorted(study["trials"], key=lambda t: t["number"])
+        stored = load_study(sweep).trials
+        assert [(t["number"], t["state"]) for t in trials] == [(t.number, t.state.name.capitalize()) for t in stored]
+        assert [[p["name"] for p in t["params"]] for t in trials] == [["optim.optimizer.lr"]] * 4
+        assert [len(t["intermediate_values"]) for t in trials] == [len(t.intermediate_values) for t in stored]
+        assert [t.get("values") for t in trials] == [t.values for t in stored]  # a pruned trial's: its last epoch's
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_a_search_stopped_by_sigterm_resumes_without_running_a_trial_twice(tmp_path):
@@ -134,6 +247,38 @@ def test_a_search_stopped_by_sigterm_resumes_without_running_a_trial_twice(tmp_p
     assert [p["status"] for p in resumed["parts"]] == ["interrupted", "completed"]
     assert sorted(study.trials[4].intermediate_values) == [1, 2, 3]
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3", "4"]
+
+
+def test_a_search_of_two_workers_stopped_by_sigterm_resumes(tmp_path):
+    # The signal reaches the trials in flight (the workers' pids in their summaries): each saves what it has, and the
+    # same command with resume=auto continues them before it asks for the rest.
+    sweep = tmp_path / "search"
+    command = [*THRESHOLD, "hydra.sweeper.n_trials=5", "hydra.sweeper.n_jobs=2", "hydra/launcher=parallel",
+               "logger=csv", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    env = dict(os.environ, WANDB_MODE="offline")
+    process = subprocess.Popen([str(BIN / "focalnet-train"), *command], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while not ((sweep / "1" / "checkpoints" / "last.ckpt").is_file() and (sweep / "2").is_dir()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)  # trial 0 pruned, 1 (lr 0.005) in its second epoch, 2 started in 0's slot
+    assert process.wait(timeout=120) == 143
+    states = [t.state for t in load_study(sweep).trials]
+    assert states[:3] == [State.PRUNED, State.RUNNING, State.RUNNING] or states[:4] == [
+        State.PRUNED, State.RUNNING, State.PRUNED, State.RUNNING]  # fmt: skip
+    assert len(states) <= 4  # no trial asked after the signal
+    assert read_summary(sweep / "1")["status"] == "interrupted"
+
+    result = run_cli("focalnet-train", *command, "resume=auto", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load_study(sweep)
+    assert [t.state for t in study.trials] == [State.PRUNED, State.COMPLETE, State.PRUNED, State.PRUNED,
+                                               State.COMPLETE]  # fmt: skip
+    resumed = read_summary(sweep / "1")
+    assert [p["status"] for p in resumed["parts"]] == ["interrupted", "completed"]
+    assert resumed["resumed_from"] == str(sweep / "1" / "checkpoints" / "last.ckpt")
+    assert sorted(study.trials[1].intermediate_values) == [1, 2, 3]
 
 
 def test_a_pruned_ddp_trial_stops_on_every_rank(tmp_path):
@@ -191,6 +336,13 @@ def test_a_bad_pruner_is_named_in_one_line(spec, metric, error):
         (["hydra.sweeper.storage=sqlite:////proc/nowhere/optuna.db"],
          "hydra.sweeper.storage=sqlite:////proc/nowhere/optuna.db: its folder cannot be made (No such file or "
          "directory)"),
+        (["hydra.sweeper.storage=/proc/nowhere/optuna.journal"],
+         "hydra.sweeper.storage=/proc/nowhere/optuna.journal: its folder cannot be made (No such file or directory)"),
+        (["hydra.sweeper.n_jobs=2"],
+         "hydra.sweeper.n_jobs=2 runs trials side by side, which takes hydra/launcher=parallel (this machine) or "
+         "slurm/slurm_cpu; the basic launcher runs one job at a time in this process"),
+        (["optim.optimizer.lr=range(5,1)"], "optim.optimizer.lr=range(5, 1, 1) holds no value"),
+        (["hydra.sweeper.max_failure_rate=1.5"], "hydra.sweeper.max_failure_rate=1.5: a fraction from 0 to 1"),
         (["optimized_metric=val/nope"],  # reaches the job: its trial fails, the command exits 1
          "optimized_metric=val/nope is not logged at validation, so the pruner has nothing to judge (logged: "
          "val/acc_top1, val/acc_top5, val/loss)"),
@@ -213,8 +365,8 @@ def test_bad_search_input_fails_in_one_line(tmp_path, overrides, error):
         ("optuna", "hydra.sweeper.n_trials=-1", "hydra.sweeper.n_trials=-1 must be an integer >= 1"),
         ("asha", "search.pruner=foo",
          "search.pruner='foo' must be null or {_target_: optuna.pruners.<name>, ...}, <name> one of MedianPruner, "
-         "PercentilePruner, SuccessiveHalvingPruner, HyperbandPruner, ThresholdPruner, PatientPruner, NopPruner "
-         "(hparams_search=median, asha and hyperband set one)"),
+         "PercentilePruner, SuccessiveHalvingPruner, HyperbandPruner, WilcoxonPruner, ThresholdPruner, "
+         "PatientPruner, NopPruner (hparams_search=median, asha, hyperband and wilcoxon set one)"),
     ],
 )  # fmt: skip
 def test_a_bad_search_setting_is_refused_before_the_study_is_made(tmp_path, search, override, error):
@@ -226,7 +378,21 @@ def test_a_bad_search_setting_is_refused_before_the_study_is_made(tmp_path, sear
     assert list((tmp_path / "search").iterdir()) == []  # no optuna.db, no results, no trial
 
 
-@pytest.mark.parametrize("search", ["hyperband", "asha"])  # median: the tests above
+def test_max_failure_rate_stops_the_launches_once_it_cannot_be_met(tmp_path):
+    # Every trial fails (its metric is never logged). Of 4 trials at most 1 may fail (0.25): the second failure stops
+    # the search, which says so and exits 1; no third trial is asked for.
+    result = run_cli("focalnet-train", "hparams_search=asha", "hydra.sweeper.n_trials=4",
+                     "hydra.sweeper.max_failure_rate=0.25", "optimized_metric=val/nope", *TINY, "logger=none",
+                     "hydra.sweep.dir=search", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    assert [t.state for t in load_study(tmp_path / "search").trials] == [State.FAIL, State.FAIL]
+    assert ("error: hydra.sweeper.max_failure_rate=0.25: 2 of 4 trials failed, so the search stopped launching"
+            in result.stderr.splitlines())
+    best = yaml.safe_load((tmp_path / "search" / "optimization_results.yaml").read_text())
+    assert best["trials"]["fail"] == 2 and "best_trial" not in best
+
+
+@pytest.mark.parametrize("search", ["hyperband", "asha", "wilcoxon"])  # median: the tests above
 def test_each_pruned_search_config_runs_a_trial(tmp_path, search):
     # The pruner is made again in the job, from its resolved config (hyperband's max_resource: trainer.max_epochs).
     result = run_cli("focalnet-train", f"hparams_search={search}", "hydra.sweeper.n_trials=1", *TINY, "logger=none",

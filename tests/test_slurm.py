@@ -140,15 +140,20 @@ def test_a_failing_slurm_job_fails_alone_and_the_command_exits_1(slurm, tmp_path
 
 
 def test_a_pruned_search_runs_as_slurm_jobs_against_one_study(slurm, tmp_path):
-    from test_search import SEARCH, State, load_study
+    from test_search import THRESHOLD, State, load_study, started_while_others_ran
 
-    # Trials in batches of 2 (an array of two SLURM jobs), each job reporting into the sweep folder's one study.
+    # Two trials in flight, each its own SLURM job reporting into the sweep folder's one study; a pruned trial's slot
+    # takes the next trial at once.
     sweep = tmp_path / "search"
-    result = run_cli("focalnet-train", *SEARCH, *SLURM, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+    result = run_cli("focalnet-train", *THRESHOLD, *SLURM, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
                      "logger=csv", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=slurm, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    summaries = [read_summary(sweep / str(n)) for n in range(4)]
-    assert [s["status"] for s in summaries] == ["completed", "completed", "pruned", "pruned"]
-    assert len({s["parts"][0]["slurm_job_id"] for s in summaries}) == 4 and all(s["trial"] == n for n, s in
+    summaries = [read_summary(sweep / str(n)) for n in range(6)]
+    lrs = [s["overrides"]["optim.optimizer.lr"] for s in summaries]
+    assert lrs[:5] == [1e-9, 0.005, 1e-9, 1e-9, 0.005]
+    assert [s["status"] for s in summaries] == ["pruned" if lr == 1e-9 else "completed" for lr in lrs]
+    assert len({s["parts"][0]["slurm_job_id"] for s in summaries}) == 6 and all(s["trial"] == n for n, s in
                                                                                 enumerate(summaries))  # fmt: skip
-    assert [t.state for t in load_study(sweep).trials] == [State.COMPLETE, State.COMPLETE, State.PRUNED, State.PRUNED]
+    assert [t.state for t in load_study(sweep).trials] == [State.PRUNED if lr == 1e-9 else State.COMPLETE
+                                                           for lr in lrs]  # fmt: skip
+    assert started_while_others_ran(summaries)

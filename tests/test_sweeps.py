@@ -244,7 +244,7 @@ def test_wandb_sweep_file():
 
 
 def test_optuna_search(tmp_path):
-    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="no hydra-optuna-sweeper (extra: optuna)")
+    pytest.importorskip("optuna", reason="no optuna (extra: optuna)")
     cfg = compose_cfg("hparams_search=optuna")
     assert cfg.hydra.sweeper._target_.endswith("FocalnetOptunaSweeper") and cfg.hydra.sweeper.direction == "maximize"
     assert cfg.hydra.mode.name == "MULTIRUN" and cfg.optimized_metric == "val/acc_top1"

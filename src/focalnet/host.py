@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 PACKAGES = ("focalnet", "torch", "lightning", "torchmetrics", "hydra-core", "omegaconf", "wandb", "kornia",
-            "hydra-optuna-sweeper", "optuna", "hydra-joblib-launcher", "hydra-submitit-launcher")
+            "optuna", "optuna-dashboard", "hydra-joblib-launcher", "hydra-submitit-launcher")
 
 
 def git_info(path: Path | None = None, run_dir: Path | None = None) -> dict[str, Any] | None:

@@ -249,8 +249,8 @@ class Search(Group):
     pruner: Annotated[
         dict[str, Any] | None,
         Field(description="null or {_target_: optuna.pruners.<name>, ...}, <name> one of MedianPruner, "
-              "PercentilePruner, SuccessiveHalvingPruner, HyperbandPruner, ThresholdPruner, PatientPruner, NopPruner "
-              "(hparams_search=median, asha and hyperband set one)"),
+              "PercentilePruner, SuccessiveHalvingPruner, HyperbandPruner, WilcoxonPruner, ThresholdPruner, "
+              "PatientPruner, NopPruner (hparams_search=median, asha, hyperband and wilcoxon set one)"),
     ] = None  # fmt: skip
 
 

@@ -236,11 +236,12 @@ def fixed_overrides(runs: list[Run]) -> dict:
 
 
 def duplicates(runs: list[Run]) -> tuple[str, str] | None:
-    """The run folders of two completed jobs with the same setting and seed (they would count twice), or None."""
+    """The run folders of two completed jobs with the same setting and seed (they would count twice), or None. Two
+    trials of a search are two draws of the sampler, even where it drew the same values."""
     keys, seen = swept_keys(runs), {}
     for r in runs:
         if r.status == Status.COMPLETED:
-            key = (tuple(r.overrides.get(k) for k in keys), r.seed, r.cpu)
+            key = (tuple(r.overrides.get(k) for k in keys), r.seed, r.cpu, r.trial)
             if key in seen:
                 return seen[key], r.run_dir
             seen[key] = r.run_dir

@@ -3,6 +3,7 @@ and search.png, with Optuna's own figures (focalnet.search.sweeper.plot_study)."
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from focalnet.record import Status
@@ -42,12 +43,36 @@ def trials_markdown(runs: list[Run]) -> list[str]:
                      + f" | {state} | {stopped} | {value} | {'best' if r.trial == best else ''} |")
     lines += ["", f"Epochs trained in all: {trained} of the {planned} the trials would have trained whole"
                   + (f" ({100 * (1 - trained / planned):.0f}% saved by pruning)" if planned else "")]
+    busy = _busy(trials)
+    if busy:
+        lines += ["", busy]
     return lines
+
+
+def _busy(trials: list[Run]) -> str | None:
+    """How busy the search kept its trial slots: the trials' time over (slots x the span from the first trial's start
+    to the last one's end), the slots being the most trials that ever ran at once."""
+    parts = [(datetime.fromisoformat(p["started_at"]), datetime.fromisoformat(p["finished_at"]))
+             for r in trials for p in r.parts if p.get("started_at") and p.get("finished_at")]
+    if not parts:
+        return None
+    events = sorted([(start, 1) for start, _ in parts] + [(end, -1) for _, end in parts])  # an end before a start
+    slots = running = 0
+    for _, step in events:
+        running += step
+        slots = max(slots, running)
+    span = (max(e for _, e in parts) - min(s for s, _ in parts)).total_seconds()
+    used = sum((e - s).total_seconds() for s, e in parts)
+    if span <= 0:
+        return None
+    return (f"Trial slots busy: {100 * used / (slots * span):.0f}% ({used / 60:.1f} min of trials in {slots} "
+            f"slot{'s' if slots > 1 else ''} x {span / 60:.1f} min from the first trial's start to the last one's end)")
 
 
 def plot_search(out: Path, runs: list[Run]) -> list[Path]:
     """search.png (every trial's validation curve, the pruned ones dashed and cut with an x, the best thick) and
-    Optuna's optimization_history.png and param_importances.png, where Optuna can draw them; [] without trials."""
+    Optuna's optimization_history.png, intermediate_values.png and param_importances.png, where Optuna can draw
+    them; [] without trials."""
     trials = _trials(runs)
     curves = {r.trial: run_curve(r) for r in trials}
     if not any(curves.values()):

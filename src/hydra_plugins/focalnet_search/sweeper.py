@@ -1,4 +1,4 @@
-"""Hydra finds sweepers only under hydra_plugins: this is focalnet.search.sweeper.OptunaSearch under that name.
+"""Hydra finds sweepers only under hydra_plugins: this is focalnet.search.sweeper.AsyncSearch under that name.
 
 The import waits for the sweep itself, so that every other Hydra command (which imports all plugins) does not pay for
 optuna's import.
@@ -13,9 +13,9 @@ from hydra.plugins.sweeper import Sweeper
 
 class FocalnetOptunaSweeper(Sweeper):
     def __init__(self, **options: Any) -> None:
-        from focalnet.search.sweeper import OptunaSearch
+        from focalnet.search.sweeper import AsyncSearch
 
-        self.search = OptunaSearch(**options)
+        self.search = AsyncSearch(**options)
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.search.setup(hydra_context=hydra_context, task_function=task_function, config=config)
