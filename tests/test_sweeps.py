@@ -259,6 +259,11 @@ def test_optuna_search(tmp_path):
     best = OmegaConf.load(tmp_path / "search" / "optimization_results.yaml")
     assert math.isclose(best.best_value, max(values))
     assert set(best.best_params) == {"optim.optimizer.lr", "optim.optimizer.weight_decay", "model.drop_path_rate"}
+    # The report draws Optuna's own figures from the study, importances included (two trials completed).
+    report = run_cli("focalnet-report", "search", "--no-wandb", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    for figure in ("optimization_history", "intermediate_values", "param_importances"):
+        assert (tmp_path / "search" / f"{figure}.png").stat().st_size > 1000, figure
 
 
 def test_slurm_launcher_writes_one_task_per_gpu(tmp_path, monkeypatch):

@@ -74,9 +74,18 @@ def plot_search(out: Path, runs: list[Run]) -> list[Path]:
     Optuna's optimization_history.png, intermediate_values.png and param_importances.png, where Optuna can draw
     them; [] without trials."""
     trials = _trials(runs)
-    curves = {r.trial: run_curve(r) for r in trials}
-    if not any(curves.values()):
+    if not trials:
         return []
+    paths = []
+    storage = next((composed(r.job_config, "search.storage") for r in trials), None)
+    name = next((composed(r.job_config, "search.study_name") for r in trials), None)
+    if storage and name:
+        from focalnet.search.sweeper import plot_study
+
+        paths += plot_study(storage, name, out)
+    curves = {r.trial: run_curve(r) for r in trials}
+    if not any(curves.values()):  # the jobs logged no curves (logger=none)
+        return paths
     plt = pyplot()
     best = _best_trial(trials)
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -96,11 +105,4 @@ def plot_search(out: Path, runs: list[Run]) -> list[Path]:
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    paths = [save(fig, out / "search.png")]
-    storage = next((composed(r.job_config, "search.storage") for r in trials), None)
-    name = next((composed(r.job_config, "search.study_name") for r in trials), None)
-    if storage and name:
-        from focalnet.search.sweeper import plot_study
-
-        paths += plot_study(storage, name, out)
-    return paths
+    return [save(fig, out / "search.png"), *paths]
