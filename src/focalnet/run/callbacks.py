@@ -19,7 +19,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from focalnet.models.gemm import adopt_choices, gemm_choices
-from focalnet.record import RunRecord
+from focalnet.record import RunRecord, write_record
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +186,10 @@ class WandbConfusionMatrix(Callback):
 
 
 class FirstStepTimer(Callback):
-    """Records `time_to_first_step_s` in the run's record: seconds from `start` (the job's start) to its first
-    training batch, i.e. what every job of a sweep pays before it learns (data, model, DDP start-up, sanity check);
-    and the CPU threads that batch runs on (Lightning's DDP launcher divides the cores among the ranks it starts
-    after the Trainer was made and the record first said)."""
+    """Records `time_to_first_step_s` in the run's record and writes it: seconds from `start` (the job's start) to
+    its first training batch, i.e. what every job of a sweep pays before it learns (data, model, DDP start-up, sanity
+    check); and the CPU threads that batch runs on (Lightning's DDP launcher divides the cores among the ranks it
+    starts after the Trainer was made and the record first said)."""
 
     def __init__(self, record: RunRecord, start: float):
         self.record, self.start = record, start
@@ -197,6 +197,9 @@ class FirstStepTimer(Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if self.record.time_to_first_step_s is None:
             self.record.first_step(time.perf_counter() - self.start, torch.get_num_threads())
+            # On disk now: a search's sweeper signals a trial only once it trains (Lightning's SIGTERM handler is set).
+            if trainer.is_global_zero and self.record.run_dir:
+                write_record(Path(self.record.run_dir), self.record)
 
 
 class CheckpointOnInterrupt(Callback):

@@ -202,14 +202,18 @@ class AsyncSearch(Sweeper):
 
     def _forward(self, sweep_dir: Path, numbers: set[int]) -> set[int]:
         """Send the search's stop signal to the worker processes running these trials (the pid in the trial's
-        summary.json): each saves last.ckpt and records "interrupted". Returns the trials that got it."""
+        summary.json): each saves last.ckpt and records "interrupted". A trial that has not reached its first step
+        (no Lightning handler yet: the signal would kill its worker) gets it at a later look. Returns the trials
+        that got it."""
         sent = set()
         for number in numbers:
             try:
                 record = read_record(sweep_dir / str(number))
             except ValueError:  # not started yet: the next second's look
                 continue
-            if record.pid and record.status == Status.RUNNING:
+            if record.status != Status.RUNNING or record.time_to_first_step_s is None:
+                continue
+            if record.pid:
                 try:
                     os.kill(record.pid, self.stopping)
                 except ProcessLookupError:
