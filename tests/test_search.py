@@ -378,10 +378,22 @@ def test_max_failure_rate_stops_the_launches_once_it_cannot_be_met(tmp_path):
     assert best["trials"]["fail"] == 2 and "best_trial" not in best
 
 
-@pytest.mark.parametrize("search", ["hyperband", "asha", "wilcoxon"])  # median: the tests above
-def test_each_pruned_search_config_runs_a_trial(tmp_path, search):
-    # The pruner is made again in the job, from its resolved config (hyperband's max_resource: trainer.max_epochs).
-    result = run_cli("focalnet-train", f"hparams_search={search}", "hydra.sweeper.n_trials=1", *TINY, "logger=none",
+@pytest.mark.parametrize(("search", "pruner"), [("median", "MedianPruner"), ("asha", "SuccessiveHalvingPruner"),
+                                              ("hyperband", "HyperbandPruner"), ("wilcoxon", "WilcoxonPruner")])
+def test_each_pruned_search_config_makes_its_pruner(search, pruner):
+    from focalnet.search.sweeper import make_pruner
+    from test_sweeps import compose_cfg
+
+    cfg = compose_cfg(f"hparams_search={search}", "trainer.max_epochs=7")
+    made = make_pruner(cfg.search.pruner, cfg.optimized_metric)
+    assert type(made).__name__ == pruner
+    if search == "hyperband":  # its max_resource is the run's epochs
+        assert made._max_resource == 7
+
+
+def test_a_pruned_search_config_runs_a_trial(tmp_path):
+    # The pruner is made again in the job, from its resolved config.
+    result = run_cli("focalnet-train", "hparams_search=asha", "hydra.sweeper.n_trials=1", *TINY, "logger=none",
                      "hydra.sweep.dir=search", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     (trial,) = load_study(tmp_path / "search").trials

@@ -145,7 +145,8 @@ def test_a_pruned_search_runs_as_slurm_jobs_against_one_study(slurm, tmp_path):
     # Two trials in flight, each its own SLURM job reporting into the sweep folder's one study; a pruned trial's slot
     # takes the next trial at once.
     sweep = tmp_path / "search"
-    result = run_cli("focalnet-train", *SEARCH, *SLURM, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=2",
+    result = run_cli("focalnet-train", *SEARCH, *SLURM, "trainer.max_epochs=2", "hydra.sweeper.n_trials=6",
+                     "hydra.sweeper.n_jobs=2",
                      "logger=csv", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=slurm, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [read_summary(sweep / str(n)) for n in range(6)]
