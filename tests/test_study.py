@@ -149,6 +149,24 @@ def test_a_pair_is_made_on_one_machine():
     assert needed(spec, rows, {2: {"verdict": PENDING, "n_pairs": 3}}, here="zen4") == {(3, 4, 5): [1, 2]}
 
 
+def test_a_round_runs_in_multiruns_of_at_most_jobs_per_multirun():
+    """study.jobs_per_multirun: the report is rewritten after each multirun, so a stop loses only the jobs in flight;
+    each multirun is a product of rows and seeds, seed by seed, with at most one short of the size."""
+    from focalnet.studies.study import parts
+
+    rows = [f"r{i}" for i in range(11)]
+    split = parts(rows, [100, 101, 102], 2)
+    assert split[:6] == [(rows[0:2], [100]), (rows[2:4], [100]), (rows[4:6], [100]), (rows[6:8], [100]),
+                         (rows[8:10], [100]), (rows[0:2], [101])]
+    assert split[-2:] == [(["r10"], [100, 101]), (["r10"], [102])] and len(split) == 17
+    jobs = [(r, s) for values, seeds in split for r in values for s in seeds]
+    assert sorted(jobs) == sorted((r, s) for r in rows for s in (100, 101, 102))  # each job once
+    assert sum(len(v) * len(s) < 2 for v, s in split) == 1
+    assert parts(["b", "n"], [0, 1, 2], 2) == [(["b", "n"], [0]), (["b", "n"], [1]), (["b", "n"], [2])]
+    assert parts(["b"], [0, 1, 2], 2) == [(["b"], [0, 1]), (["b"], [2])]
+    assert parts(rows, [1, 2, 3], None) == [(rows, [1, 2, 3])]  # the default: a round is one multirun
+
+
 def test_a_ledger_without_its_rounds_file_is_refused(tmp_path):
     """results.csv names each run's recipe by id, rounds.json holds the recipe: copied apart (an older rounds.json
     beside a newer ledger) the runs would silently not count; the study says so in one line instead."""
@@ -373,7 +391,7 @@ def test_the_replication_is_defined_before_any_of_its_runs(tmp_path):
     assert spec.group and spec.key == "row" and spec.baseline == "baseline" and len(spec.values) == 11
     assert (spec.design.rows, spec.design.alpha, spec.design.delta, spec.design.procedure) == (10, 0.05, 0.5, "obf")
     assert (spec.design.seeds_per_round, spec.design.max_seeds, spec.seeds) == (3, 20, list(range(100, 120)))
-    assert spec.budget_hours == 32 and spec.hosts == "same"
+    assert spec.budget_hours == 50 and spec.hosts == "same" and spec.jobs_per_multirun == 2
     settings = {v: json.loads(s) for v, s in spec.settings.items()}
     assert settings == {"baseline": {}, "depth2": {"model.num_layers": 2}, "kernel5": {"model.focal_kernel": 5},
                         "kernel7": {"model.focal_kernel": 7}, "kernel9": {"model.focal_kernel": 9},
@@ -391,12 +409,13 @@ def test_the_replication_is_defined_before_any_of_its_runs(tmp_path):
     dry = run_cli("focalnet-study", "replication", "--data", "fashion_mnist", "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr[-2000:]
     commands = [line.split(": ", 2)[2] for line in dry.stdout.splitlines() if ": round 1: " in line]
-    assert commands == [
-        "focalnet-train -m --config-dir experiments/replication --config-name study benchmark=fashion_mnist "
-        f"row=baseline,no_gates seed=0,1,2,3,4,5,6,7,8,100,101,102 {TAIL}",
-        "focalnet-train -m --config-dir experiments/replication --config-name study benchmark=fashion_mnist "
-        "row=depth2,kernel5,kernel7,kernel9,levels2,levels4,normalize_modulator,context_top_level,interaction_add "
-        f"seed=100,101,102 {TAIL}"]
+    head = "focalnet-train -m --config-dir experiments/replication --config-name study benchmark=fashion_mnist"
+    rows = ["baseline,depth2", "kernel5,kernel7", "kernel9,levels2", "levels4,normalize_modulator",
+            "context_top_level,no_gates"]
+    # Two jobs a multirun (jobs_per_multirun: 2), the re-runs first, then seed by seed; the odd row last.
+    assert commands == ([f"{head} row=baseline,no_gates seed={s} {TAIL}" for s in range(9)]
+                        + [f"{head} row={r} seed={s} {TAIL}" for s in (100, 101, 102) for r in rows]
+                        + [f"{head} row=interaction_add seed={s} {TAIL}" for s in ("100,101", "102")])
     state = json.loads((tmp_path / "experiments/replication/fashion_mnist/rounds.json").read_text())
     frozen = state["frozen"]
     assert frozen["frozen"] == "before the first look" and frozen["design"]["host_class"] is None
@@ -404,6 +423,11 @@ def test_the_replication_is_defined_before_any_of_its_runs(tmp_path):
     assert frozen["design"]["looks"] == [3, 6, 9, 12, 15, 18, 20] and frozen["design"]["procedure"] == "obf"
     assert frozen["design"]["reruns"] == {"row=baseline": list(range(9)), "row=no_gates": list(range(9))}
     assert frozen["design"]["rows"]["row=depth2"] == {"model.num_layers": 2} and state["rounds"] == []
+    # The calibration is part of the design: its method, seed, paths and the critical values themselves.
+    calibration = frozen["design"]["calibration"]
+    assert (calibration["method"], calibration["skew"], calibration["seed"], calibration["paths"]) == (
+        "obf-t-1", 0.5, 1, 1_000_000)
+    assert calibration["c"] == spec.design.calibration(False)["c"] and len(calibration["c_eq"]) == 7
 
     # Changed before any round ran or any pair was looked at: refused all the same, and --new-design only replaces
     # the design (no verdict to keep).

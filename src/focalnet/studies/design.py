@@ -78,6 +78,7 @@ class Spec:
     reruns: dict[Any, list[int]] = field(default_factory=dict)  # value -> seeds re-run on the host, for no verdict
     data_label: str | None = None
     group: bool = False                # `key` is a config group (rows of several keys: experiments/<name>/<key>/)
+    jobs_per_multirun: int | None = None  # a round in multiruns of this many jobs (None: one), the report after each
     frozen_recipe: str | None = None   # the recipe id the study's ledger froze (an equivalent recipe keeps it)
 
     @property
@@ -140,7 +141,7 @@ def compose(folder: Path, overrides: list[str]):
 
 # data_label: how reports name the data, where the benchmark config knows more than its data config says.
 STUDY_KEYS = ("name", "baseline", "paper", "budget_hours", "hosts", "first_seed", "reruns", "data_label",
-              *DESIGN_KEYS)
+              "jobs_per_multirun", *DESIGN_KEYS)
 
 
 def load_spec(name: str, data: str, overrides: list[str] | None = None, experiments: Path = Path("experiments")
@@ -190,6 +191,9 @@ def load_spec(name: str, data: str, overrides: list[str] | None = None, experime
     first_seed = study.get("first_seed", 0)
     if not isinstance(first_seed, int) or isinstance(first_seed, bool) or first_seed < 0:
         raise ValueError(f"study.first_seed={first_seed} must be an integer >= 0")
+    size = study.get("jobs_per_multirun")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
+        raise ValueError(f"study.jobs_per_multirun={size} must be an integer >= 1, or null (a round in one multirun)")
     design = Design(rows=len(values) - 1, **{k: study[k] for k in DESIGN_KEYS if k in study})
     reruns = {normalize(k): v for k, v in (study.get("reruns") or {}).items()}
     for value, seeds in reruns.items():
@@ -217,6 +221,6 @@ def load_spec(name: str, data: str, overrides: list[str] | None = None, experime
     choices = cfg.hydra.runtime.choices
     label = data_label(choices.get("data"), OmegaConf.to_container(cfg.data, resolve=False), study.get("data_label"))
     return Spec(name, data, folder, key, values, baseline[key], design, budget, reference, settings, paper, overrides,
-                hosts, first_seed, reruns, label, group=key in choices)
+                hosts, first_seed, reruns, label, group=key in choices, jobs_per_multirun=size)
 
 

@@ -30,14 +30,15 @@ def read_state(spec: Spec) -> dict:
 
 def design_of(spec: Spec) -> dict:
     """The study's question as its file declares it: rows and their settings, the baseline, the family (K rows),
-    δ, α, the looks, the procedure, the seeds, the re-runs and the host policy (the recipe and host class are added
-    by freeze())."""
+    δ, α, the looks, the procedure (for "obf" its calibration: method, seed, paths and critical values), the seeds,
+    the re-runs and the host policy (the recipe and host class are added by freeze())."""
     d = spec.design
     return {"rows": {spec.label(v): json.loads(spec.settings[v]) for v in spec.values if v != spec.baseline},
             "baseline": {spec.label(spec.baseline): json.loads(spec.settings[spec.baseline])},
             "K": d.rows, "alpha": d.alpha, "delta": d.delta, "seeds_per_round": d.seeds_per_round,
             "max_seeds": d.max_seeds, "looks": d.looks, "procedure": d.procedure, "seeds": spec.seeds,
-            "reruns": {spec.label(v): sorted(s) for v, s in spec.reruns.items()}, "hosts": spec.hosts}
+            "reruns": {spec.label(v): sorted(s) for v, s in spec.reruns.items()}, "hosts": spec.hosts} | (
+        {"calibration": d.calibration_record()} if d.procedure == "obf" else {})
 
 
 def _hash(design: dict) -> str:

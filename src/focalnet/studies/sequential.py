@@ -129,6 +129,15 @@ class Design:
         """The "obf" calibration record of c_n (or of c^eq_n): see `obf_bounds`."""
         return obf_bounds(tuple(self.looks), self.alpha / self.rows, 1 if equivalence else 2)
 
+    def calibration_record(self) -> dict | None:
+        """For "obf": how its critical values were calibrated and the values themselves, as a frozen design records
+        them (a later change of method, seed or numbers is then a change of design); None for "bonferroni"."""
+        if self.procedure != "obf":
+            return None
+        two, one = self.calibration(False), self.calibration(True)
+        return {"method": METHOD, "skew": SKEW, "seed": two["seed"], "paths": two["paths"],
+                "nominal": [two["nominal"], one["nominal"]], "c": two["c"], "c_eq": one["c"]}
+
     def look_at(self, n: int) -> int | None:
         """The last look that n pairs reach (None below the first)."""
         reached = [m for m in self.looks if m <= n]

@@ -77,13 +77,30 @@ def needed(spec: Spec, rows: list[Run], decisions: dict, here: str | None) -> di
                 wanted[value].add(seed)
             if here not in theirs:
                 wanted[spec.baseline].add(seed)
-    for value, seeds in spec.reruns.items() if pending else ():
-        wanted[value] |= {s for s in seeds if here not in have[value].get(s, set())}
+    reruns = {value: {s for s in seeds if here not in have[value].get(s, set())}
+              for value, seeds in (spec.reruns.items() if pending else ())}
     groups: dict[tuple[int, ...], list] = {}
-    for value in spec.values:
-        if wanted.get(value):
-            groups.setdefault(tuple(sorted(wanted[value])), []).append(value)
+    for want in (reruns, wanted):  # the re-runs first: they answer their question whatever the looks decide
+        for value in spec.values:
+            if want.get(value):
+                groups.setdefault(tuple(sorted(want[value])), []).append(value)
     return groups
+
+
+def parts(values: list, seeds: list[int], size: int | None) -> list[tuple[list, list[int]]]:
+    """A round's jobs (values x seeds) as multiruns of at most `size` jobs (None: one multirun), seed by seed, so
+    that the report, rewritten after each, keeps what finished however the study is stopped. Values left over from
+    whole multiruns go last, several seeds at once, so that no more than one multirun runs short."""
+    if size is None or len(values) * len(seeds) <= size:
+        return [(values, seeds)]
+    if size >= len(values):
+        step = size // len(values)
+        return [(values, seeds[i:i + step]) for i in range(0, len(seeds), step)]
+    whole = len(values) - len(values) % size
+    found = [(values[i:i + size], [s]) for s in seeds for i in range(0, whole, size)]
+    rest = values[whole:]
+    step = size // len(rest) if rest else 1
+    return found + ([(rest, seeds[i:i + step]) for i in range(0, len(seeds), step)] if rest else [])
 
 
 def run(spec: Spec, dry_run: bool = False, max_rounds: int | None = None, new_design: bool = False) -> int:
@@ -115,17 +132,19 @@ def run(spec: Spec, dry_run: bool = False, max_rounds: int | None = None, new_de
         if not dry_run and spec.hosts == "same" and not state["frozen"]["design"].get("host_class"):
             fix_host_class(state, here)  # the first round starts here, before any look at its data
             write_json(spec.out / "rounds.json", state)
-        for seeds, values in plan.items():
-            command = spec.command(values, list(seeds))
-            shown = shlex.join(spec.command(values, list(seeds), display=True))
+        for values, seeds in [p for seeds, values in plan.items() for p in parts(values, list(seeds), spec.jobs_per_multirun)]:
+            command = spec.command(values, seeds)
+            shown = shlex.join(spec.command(values, seeds, display=True))
             print(f"focalnet-study: round {len(state['rounds']) + 1}: {shown}", flush=True)
             if dry_run:
                 continue
             start, started_at = time.perf_counter(), now()
             code = subprocess.run(command).returncode
-            state["rounds"].append({"started_at": started_at, "finished_at": now(), "seeds": list(seeds),
+            state["rounds"].append({"started_at": started_at, "finished_at": now(), "seeds": seeds,
                                     "values": values, "command": shown, "exit_code": code,
                                     "wall_time_s": round(time.perf_counter() - start, 1)})
+            if spec.jobs_per_multirun is not None and not code:  # what finished is in the report before the next part starts
+                write_report(spec, runs(spec, state), None, state, here)
             write_json(spec.out / "rounds.json", state)
             if code:  # a failed job would fail again in the next round; a stop (SIGTERM, Ctrl-C) is a stop
                 write_report(spec, runs(spec, state), None, state, here)
