@@ -132,7 +132,8 @@ def run(spec: Spec, dry_run: bool = False, max_rounds: int | None = None, new_de
         if not dry_run and spec.hosts == "same" and not state["frozen"]["design"].get("host_class"):
             fix_host_class(state, here)  # the first round starts here, before any look at its data
             write_json(spec.out / "rounds.json", state)
-        for values, seeds in [p for seeds, values in plan.items() for p in parts(values, list(seeds), spec.jobs_per_multirun)]:
+        multiruns = [p for group, rows in plan.items() for p in parts(rows, list(group), spec.jobs_per_multirun)]
+        for values, seeds in multiruns:
             command = spec.command(values, seeds)
             shown = shlex.join(spec.command(values, seeds, display=True))
             print(f"focalnet-study: round {len(state['rounds']) + 1}: {shown}", flush=True)
@@ -143,7 +144,7 @@ def run(spec: Spec, dry_run: bool = False, max_rounds: int | None = None, new_de
             state["rounds"].append({"started_at": started_at, "finished_at": now(), "seeds": seeds,
                                     "values": values, "command": shown, "exit_code": code,
                                     "wall_time_s": round(time.perf_counter() - start, 1)})
-            if spec.jobs_per_multirun is not None and not code:  # what finished is in the report before the next part starts
+            if spec.jobs_per_multirun is not None and not code:  # what finished is reported before the next multirun
                 write_report(spec, runs(spec, state), None, state, here)
             write_json(spec.out / "rounds.json", state)
             if code:  # a failed job would fail again in the next round; a stop (SIGTERM, Ctrl-C) is a stop
