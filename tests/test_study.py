@@ -78,6 +78,7 @@ def test_rounds_stop_a_decided_row_and_resume_from_the_ledger(tmp_path):
     (["nope"], "no study 'nope' in experiments/ (studies: lr)"),
     (["lr", "--data", "mnist_big"], "no benchmark 'mnist_big' (conf/benchmark/); choices:"),
     (["lr", "model.focal_levels=-1"], "model.focal_levels"),
+    (["lr", "+study.jobs_per_multirun=0"], "study.jobs_per_multirun=0 must be an integer >= 1, or null"),
 ])
 def test_bad_input_fails_in_one_line(tmp_path, args, message):
     study = tmp_path / "experiments" / "lr"

@@ -69,8 +69,11 @@ def _notes(spec: Spec, state: dict, found: Scope) -> list[str]:
     when = (f"frozen before the first look ({frozen['at'][:16]})" if frozen["frozen"] == FROZEN_BEFORE
             else "recorded after the looks (the ledger predates frozen designs; its verdicts are the ones it was "
                  "decided with)")
+    c = frozen["design"].get("calibration")
+    procedure = (f"procedure and its calibration ({c['method']}, skewness {c['skew']}, seed {c['seed']}, "
+                 f"{c['paths']:,} paths, the critical values)" if c else "procedure")
     notes = [f"Frozen design: {when}, hash `{frozen['hash']}` (rounds.json `frozen`): rows and settings, δ, α, "
-             f"looks, procedure, seeds {seed_list(spec.seeds)}, recipe `{spec.recipe_id}`, host policy "
+             f"looks, {procedure}, seeds {seed_list(spec.seeds)}, recipe `{spec.recipe_id}`, host policy "
              "`hosts: " + spec.hosts + "`. A change is refused; `--new-design` starts a new ledger."]
     if spec.hosts == "any":
         notes.append("Hosts: any: the verdicts pool the host classes (each pair made on one; Δ per class below).")
