@@ -168,6 +168,25 @@ def test_a_round_runs_in_multiruns_of_at_most_jobs_per_multirun():
     assert parts(rows, [1, 2, 3], None) == [(rows, [1, 2, 3])]  # the default: a round is one multirun
 
 
+def test_a_look_uses_the_designs_seeds_in_order_up_to_the_first_gap():
+    """A look's pairs are fixed before it: the design's first n seeds. A row with seeds 0, 1 and 3 (seed 2 failed)
+    is not looked at with those three (2 pairs: below the first look); the look at 3 pairs waits for seed 2."""
+    from focalnet.studies.analysis import aggregate, compare
+    from focalnet.studies.runs import Run
+    from focalnet.studies.sequential import PENDING, Design
+
+    def run(value, seed, top1):
+        return Run(status="completed", test_top1=top1, overrides={"k": value}, seed=seed, cpu="zen4")
+
+    rows = [run(1, s, 0.90) for s in range(4)] + [run(2, s, 0.95 + s / 1000) for s in (0, 1, 3)]
+    study = {"baseline": {"k": 1}, "design": Design(rows=1), "seeds": list(range(10))}
+    for seeds, n, verdict in ((list(range(10)), 2, PENDING), ([0, 1, 3, 2], 3, "better")):
+        configs = aggregate(rows, keys=["k"], settings=[(1,), (2,)])
+        compare(configs, ["k"], study | {"seeds": seeds})
+        row = next(c for c in configs if c["k"] == 2)
+        assert (row["n_pairs"], row["verdict"]) == (n, verdict), seeds
+
+
 def test_a_ledger_without_its_rounds_file_is_refused(tmp_path):
     """results.csv names each run's recipe by id, rounds.json holds the recipe: copied apart (an older rounds.json
     beside a newer ledger) the runs would silently not count; the study says so in one line instead."""

@@ -4,6 +4,7 @@ agree."""
 
 from __future__ import annotations
 
+import itertools
 import statistics
 
 from focalnet.record import Status
@@ -140,6 +141,10 @@ def compare(configs: list[dict], keys: list[str], study: dict) -> None:
         c.update(dict.fromkeys(PAIRED), seeds=None, pair_diffs=None, pair_hosts=None)
         if c in compared:
             matched = pairs(c, base)
+            if study.get("seeds"):  # a study's looks use its seeds in their order, up to the first without a pair
+                have = {s for s, *_ in matched}
+                prefix = set(itertools.takewhile(have.__contains__, study["seeds"]))
+                matched = [m for m in matched if m[0] in prefix]
             c.update(paired([100 * (a - b) for _, a, b, _ in matched], design, study.get("stopped")))
             used = matched[: c["n_pairs"]] if c["n_pairs"] else matched
             c["seeds"] = [s for s, *_ in used]

@@ -24,7 +24,7 @@ def write_report(spec: Spec, rows: list[Run], stopped: str | None, state: dict, 
     spec.out.mkdir(parents=True, exist_ok=True)
     rows = with_hosts(spec, rows)
     found = scope(spec, rows, study_host(spec, state, here))
-    study = {"baseline": {spec.key: spec.baseline}, "paper": spec.paper, "design": spec.design,
+    study = {"baseline": {spec.key: spec.baseline}, "paper": spec.paper, "design": spec.design, "seeds": spec.seeds,
              "stopped": stopped, "data": spec.data_label}
     configs = aggregate(found.used, keys=[spec.key], settings=[(v,) for v in spec.values])
     compare(configs, [spec.key], study)
