@@ -45,7 +45,7 @@ def table(data: str, experiments: Path = Path("experiments"), overrides: list[st
             design, stopped = dataclasses.replace(spec.design, rows=k), "stopped" if closed else None
         configs = aggregate(used, keys=[spec.key], settings=[(v,) for v in spec.values])
         compare(configs, [spec.key], {"baseline": {spec.key: spec.baseline}, "paper": spec.paper, "design": design,
-                                      "stopped": stopped})
+                                      "seeds": spec.seeds, "stopped": stopped})
         short = spec.key.rsplit(".", 1)[-1]
         for c in configs:
             if c["is_baseline"]:
