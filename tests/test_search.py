@@ -139,6 +139,25 @@ def test_the_search_space_is_hydras_sweep_syntax_as_optuna_distributions():
         parse_space({"model.num_layers": "range(4, 2)"}, [])
 
 
+def test_a_store_is_a_file_or_a_database_server(tmp_path):
+    """A journal path and SQLite are files (made absolute, locked beside, a missing one an error, not a new empty
+    store); any other URL is a database server, passed through and not locked."""
+    from focalnet.search import storage
+
+    journal, sqlite = tmp_path / "a/optuna.journal", f"sqlite:///{tmp_path}/b/optuna.db"
+    assert [storage.file_of(s) for s in (str(journal), sqlite, "postgresql://h/db")] == [
+        journal, tmp_path / "b/optuna.db", None]
+    assert storage.prepare(sqlite) == sqlite and (tmp_path / "b").is_dir()
+    assert storage.prepare("postgresql://h/db") == "postgresql://h/db"
+    with pytest.raises(FileNotFoundError, match=f"^{journal}: no such file$"):
+        storage.load_study(str(journal), "s")
+    with storage.ask_lock(storage.prepare(str(journal))):
+        assert Path(f"{journal}.ask.lock").is_symlink()  # Optuna's symlink lock beside the store
+    assert not Path(f"{journal}.ask.lock").is_symlink()
+    with storage.ask_lock("postgresql://h/db"):
+        pass
+
+
 @pytest.fixture(scope="module")
 def shared_sweep(tmp_path_factory) -> tuple[Path, list[int]]:
     """Two sweep commands started at once on one study (one journal file): 4 trials between them, 1 epoch each.

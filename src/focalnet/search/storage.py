@@ -19,12 +19,20 @@ def is_url(spec: str) -> bool:
     return "://" in spec
 
 
+def file_of(spec: str) -> Path | None:
+    """The file a file store lives in (a journal path, or SQLite's); None for a database server."""
+    if is_url(spec) and not spec.startswith("sqlite:///"):
+        return None
+    return Path(spec.removeprefix("sqlite:///"))
+
+
 def prepare(spec: str) -> str:
     """The storage as every trial's job can find it (the jobs run elsewhere: SLURM nodes, other folders): a path made
     absolute and its folder made; a one-line error naming the setting where that fails."""
-    if is_url(spec) and not spec.startswith("sqlite:///"):
+    path = file_of(spec)
+    if path is None:
         return spec
-    path = Path(spec.removeprefix("sqlite:///")).absolute()
+    path = path.absolute()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -41,8 +49,9 @@ def open_storage(spec: str) -> BaseStorage | str:
 
 def load_study(spec: str, study_name: str, **options) -> optuna.Study:
     """An existing study; a store file that is not there is an error, not a new empty file."""
-    if (not is_url(spec) or spec.startswith("sqlite:///")) and not Path(spec.removeprefix("sqlite:///")).is_file():
-        raise FileNotFoundError(f"{spec.removeprefix('sqlite:///')}: no such file")
+    path = file_of(spec)
+    if path is not None and not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     return optuna.load_study(study_name=study_name, storage=open_storage(spec), **options)
 
 
@@ -51,10 +60,11 @@ def ask_lock(spec: str):
     """Held while a command counts the study's trials and asks for one, so that commands sharing a study never ask
     beyond n_trials. A file store (journal, SQLite) locks a file beside it with Optuna's symlink lock, which holds
     over NFS; a database server is not locked (two commands may each ask one trial more)."""
-    if is_url(spec) and not spec.startswith("sqlite:///"):
+    path = file_of(spec)
+    if path is None:
         yield
         return
-    lock = JournalFileSymlinkLock(spec.removeprefix("sqlite:///") + ".ask")
+    lock = JournalFileSymlinkLock(f"{path}.ask")
     lock.acquire()
     try:
         yield
