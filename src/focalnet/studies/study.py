@@ -144,12 +144,10 @@ def run(spec: Spec, dry_run: bool = False, max_rounds: int | None = None, new_de
             state["rounds"].append({"started_at": started_at, "finished_at": now(), "seeds": seeds,
                                     "values": values, "command": shown, "exit_code": code,
                                     "wall_time_s": round(time.perf_counter() - start, 1)})
-            if spec.jobs_per_multirun is not None and not code:  # what finished is reported before the next multirun
+            if code or spec.jobs_per_multirun is not None:  # what finished is reported before anything more runs
                 write_report(spec, runs(spec, state), None, state, here)
             write_json(spec.out / "rounds.json", state)
             if code:  # a failed job would fail again in the next round; a stop (SIGTERM, Ctrl-C) is a stop
-                write_report(spec, runs(spec, state), None, state, here)
-                write_json(spec.out / "rounds.json", state)
                 print(f"focalnet-study: round {len(state['rounds'])} exited with {code}: stopped; the report lists "
                       f"the failed jobs ({spec.out}/results.md); the same command resumes", file=sys.stderr, flush=True)
                 return 1 if code > 0 and code not in (130, 143) else code
