@@ -161,6 +161,37 @@ def test_sigterm_in_validation_then_in_the_test_phase_and_two_resumes_give_the_u
     assert_same_metrics(run_dir, trained_run)
 
 
+# As above, but the signal comes after the fit has ended and before the test starts: outside Lightning's loops, where
+# its handler is not installed and the default action would kill the process with its record still "running".
+SIGTERM_AFTER_FIT = """
+import os, signal, sys
+from focalnet.run.module import ClassificationModule
+from focalnet.run.train import main
+
+ClassificationModule.on_fit_end = lambda self: os.kill(os.getpid(), signal.SIGTERM)
+sys.argv = ["focalnet-train", *sys.argv[1:]]
+main()
+"""
+
+
+def test_sigterm_between_fit_and_test_is_recorded_and_the_run_resumes_to_its_test(tmp_path):
+    run_dir, env = tmp_path / "run", dict(os.environ, WANDB_MODE="offline")
+    env.pop("HYDRA_FULL_ERROR", None)
+    args = [*TINY, "trainer.limit_train_batches=3", "logger=csv", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run([sys.executable, "-c", SIGTERM_AFTER_FIT, *args], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 143, result.stderr[-3000:]
+    summary = read_summary(run_dir)
+    assert summary["status"] == "interrupted" and summary["parts"][-1]["signal"] == "SIGTERM"
+    assert not any(k.startswith("test/") for k in summary.get("metrics") or {})
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    result = run_cli("focalnet-train", *args, "resume=auto", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = read_summary(run_dir)
+    assert summary["status"] == "completed" and "test/acc_top1" in summary["metrics"]
+    assert [p["status"] for p in summary["parts"]] == ["interrupted", "completed"]
+
+
 def test_sigkill_mid_epoch_leaves_a_loadable_checkpoint_and_the_run_resumes(tmp_path):
     run_dir, shorter = tmp_path / "run", ("trainer.max_epochs=2", "trainer.limit_train_batches=30")
     process = start_and_signal(run_dir, signal.SIGKILL, 1, 10, tmp_path, *shorter, logger="[wandb,csv]")

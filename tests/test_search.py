@@ -276,7 +276,8 @@ def test_a_search_of_two_workers_stopped_by_sigterm_resumes(tmp_path):
     assert process.wait(timeout=120) == 143
     states = [t.state for t in load_study(sweep).trials]
     assert states in ([State.PRUNED, State.RUNNING, State.RUNNING], [State.PRUNED, State.RUNNING, State.PRUNED])
-    assert read_summary(sweep / "1")["status"] == "interrupted"
+    stopped = read_summary(sweep / "1")
+    assert stopped["status"] == "interrupted", stopped
 
     # Resumed here one trial at a time (any launcher continues a study).
     result = run_cli("focalnet-train", *command, "hydra/launcher=basic", "hydra.sweeper.n_jobs=1", "resume=auto",

@@ -14,7 +14,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -163,8 +165,9 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, RunRecord], N
     env, argv, start = dict(os.environ), list(sys.argv), time.perf_counter()
     requeue = None
     try:
-        body(cfg, record)
-        record.complete()
+        with sigterm_stops_the_job():
+            body(cfg, record)
+            record.complete()
     except Exception as error:
         record.fail(one_line(error), bad_checkpoint=error.path if isinstance(error, CheckpointError) else None)
         if rank_zero:
@@ -203,6 +206,31 @@ def run_job(app: str, cfg: DictConfig, body: Callable[[DictConfig, RunRecord], N
     if record.status.failed and (cfg.get("fail_fast") or record.sweep_dir is None):
         raise SystemExit(1)
     return record
+
+
+@contextmanager
+def sigterm_stops_the_job():
+    """SIGTERM while the job runs but outside Lightning's loops (its start, between fit and test, after the test),
+    where the default action would kill the process and leave its record "running", stops the job at once as
+    interrupted. Inside a loop Lightning's own handler, which calls this one too, stops after the current batch."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame) -> None:
+        if callable(previous):  # a search's own stop, run in this process
+            previous(signum, frame)
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:  # no Lightning loop to stop after its batch
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def earlier_parts(run_dir: Path, ckpt_path: str | None) -> list[dict]:
@@ -255,7 +283,6 @@ def slurm_job() -> dict[str, Any]:
 
 def requeue_slurm_job(job_id: str) -> bool:
     """Put the job back into SLURM's queue, as Lightning's auto-requeue does (but after the exact checkpoint)."""
-    import signal
     import subprocess
 
     # The requeue ends this job: SLURM sends SIGTERM to each of its processes, scontrol among them, and on a busy
