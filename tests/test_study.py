@@ -64,7 +64,7 @@ def test_rounds_stop_a_decided_row_and_resume_from_the_ledger(tmp_path):
     shutil.rmtree(tmp_path / "outputs")
     again = run_cli("focalnet-study", "lr", "--data", "digits", "--experiments", "experiments", *QUICK, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "round" not in again.stdout and "no row pending" in again.stdout
+    assert "multirun" not in again.stdout and "no row pending" in again.stdout
     assert rows_of(out / "results.csv") == runs
     # Every study's rows in one table, from the committed files alone.
     summary = run_cli("focalnet-study", "--table", "--data", "digits", "--experiments", "experiments", *QUICK,
@@ -428,7 +428,7 @@ def test_the_replication_is_defined_before_any_of_its_runs(tmp_path):
     shutil.rmtree(tmp_path / "experiments/replication/fashion_mnist", ignore_errors=True)
     dry = run_cli("focalnet-study", "replication", "--data", "fashion_mnist", "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr[-2000:]
-    commands = [line.split(": ", 2)[2] for line in dry.stdout.splitlines() if ": round 1: " in line]
+    commands = [line.split(": ", 2)[2] for line in dry.stdout.splitlines() if ": multirun " in line]
     head = "focalnet-train -m --config-dir experiments/replication --config-name study benchmark=fashion_mnist"
     rows = ["baseline,depth2", "kernel5,kernel7", "kernel9,levels2", "levels4,normalize_modulator",
             "context_top_level,no_gates"]

@@ -133,10 +133,11 @@ def run(spec: Spec, dry_run: bool = False, max_rounds: int | None = None, new_de
             fix_host_class(state, here)  # the first round starts here, before any look at its data
             write_json(spec.out / "rounds.json", state)
         multiruns = [p for group, rows in plan.items() for p in parts(rows, list(group), spec.jobs_per_multirun)]
-        for values, seeds in multiruns:
+        for k, (values, seeds) in enumerate(multiruns, 1):
             command = spec.command(values, seeds)
             shown = shlex.join(spec.command(values, seeds, display=True))
-            print(f"focalnet-study: round {len(state['rounds']) + 1}: {shown}", flush=True)
+            # Numbered within this round: the design's rounds are the looks, rounds.json lists every multirun.
+            print(f"focalnet-study: multirun {k}/{len(multiruns)}: {shown}", flush=True)
             if dry_run:
                 continue
             start, started_at = time.perf_counter(), now()
@@ -148,7 +149,7 @@ def run(spec: Spec, dry_run: bool = False, max_rounds: int | None = None, new_de
                 write_report(spec, runs(spec, state), None, state, here)
             write_json(spec.out / "rounds.json", state)
             if code:  # a failed job would fail again in the next round; a stop (SIGTERM, Ctrl-C) is a stop
-                print(f"focalnet-study: round {len(state['rounds'])} exited with {code}: stopped; the report lists "
+                print(f"focalnet-study: multirun {k}/{len(multiruns)} exited with {code}: stopped; the report lists "
                       f"the failed jobs ({spec.out}/results.md); the same command resumes", file=sys.stderr, flush=True)
                 return 1 if code > 0 and code not in (130, 143) else code
         if dry_run:
